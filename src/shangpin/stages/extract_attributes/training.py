@@ -1,0 +1,98 @@
+"""Fine-tuning the token-classification model with torch (imported only when training)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shangpin._progress import track
+from shangpin.encoders import num_threads
+
+log = logging.getLogger(__name__)
+
+
+def build_model(encoder: Path, labels: Sequence[str], num_layers: int) -> Any:
+    """A token-classification head on the encoder, keeping only its first `num_layers` layers."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(encoder),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)},
+    )
+    base = getattr(model, model.base_model_prefix)
+    layers = base.encoder.layer
+    if 0 < num_layers < len(layers):
+        base.encoder.layer = torch.nn.ModuleList(list(layers)[:num_layers])
+        model.config.num_hidden_layers = num_layers
+    return model
+
+
+def train_token_classifier(
+    model: Any,
+    batches_of: Any,
+    n_examples: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    seed: int,
+    stage: str,
+) -> dict[str, float]:
+    """Train with AdamW and linear warm-up/decay on length-bucketed batches.
+
+    `batches_of(indices)` returns (input_ids, attention_mask, token_type_ids, labels) numpy arrays.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.set_num_threads(num_threads())
+    steps_per_epoch = max(1, -(-n_examples // batch_size))
+    total = steps_per_epoch * epochs
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=learning_rate)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    model.train()
+    t0 = time.perf_counter()
+    loss_value = float("nan")
+    order = list(range(n_examples))
+    for epoch in track(range(epochs), f"{stage}: training", total=epochs):
+        rng.shuffle(order)
+        losses = []
+        for b in range(0, n_examples, batch_size):
+            ids, mask, types, labels = batches_of(order[b : b + batch_size])
+            out = model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                token_type_ids=torch.from_numpy(types),
+                labels=torch.from_numpy(labels),
+            )
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            losses.append(float(out.loss.detach()))
+        loss_value = float(np.mean(losses)) if losses else float("nan")
+        log.info("stage '%s': epoch %d/%d loss %.4f", stage, epoch + 1, epochs, loss_value)
+    model.eval()
+    return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value}

@@ -1,0 +1,1 @@
+"""Persistence: product files, model directories and the operational database."""

@@ -1,0 +1,49 @@
+"""Synthetic products with known answers (every attribute value is a span of the title)."""
+
+from __future__ import annotations
+
+import random
+
+from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
+
+BRANDS = ["Acme", "Northwind", "Blue Harbor", "Kestrel", "Juniper Co", "Orbit"]
+COLORS = ["Red", "Navy Blue", "Black", "Olive Green", "White", "Pink"]
+SIZES = ["7 M US", "8 M US", "9.5 M US", "10 M US", "11 W US"]
+GENDERS = ["Women's", "Men's", "Unisex"]
+SHOE_TYPES = ["Running Shoe", "Loafer", "Ankle Boot", "Sandal"]
+ROASTS = ["Dark Roast", "Medium Roast", "Light Roast"]
+FLAVORS = ["Hazelnut", "French Vanilla", "Caramel", "Mocha"]
+WEIGHTS = ["12 oz", "2 lb", "340 g", "32 Ounce"]
+
+
+def shoe(rng: random.Random, i: int) -> Product:
+    b, g, t, c, s = (rng.choice(x) for x in (BRANDS, GENDERS, SHOE_TYPES, COLORS, SIZES))
+    title = f"{b} {g} {t}, {c}, {s}"
+    attrs = {"Brand": b, "Gender": g, "Shoe type": t, "Color": c, "Size": s}
+    return _product(f"shoe-{i}", title, "Apparel > Shoes", attrs, tags=[g, c])
+
+
+def coffee(rng: random.Random, i: int) -> Product:
+    b, r, f, w = (rng.choice(x) for x in (BRANDS, ROASTS, FLAVORS, WEIGHTS))
+    title = f"{b} {f} Ground Coffee, {r}, {w} Bag"
+    attrs = {"Brand": b, "Roast type": r, "Flavor": f, "Net content": w}
+    return _product(f"coffee-{i}", title, "Food > Coffee", attrs, tags=[f, r], description=f"Roasted by {b}.")
+
+
+def _product(
+    pid: str, title: str, category: str, attrs: dict[str, str], tags: list[str], description: str = ""
+) -> Product:
+    return Product(
+        product_id=pid,
+        title=title,
+        description=description,
+        category=CategoryPrediction(path=category),
+        attributes={k: AttributeValue(name=k, value=v) for k, v in attrs.items()},
+        tags=[ScoredLabel(t, 1.0) for t in tags],
+    )
+
+
+def tiny_products(n: int = 40, seed: int = 0) -> list[Product]:
+    """`n` products, half shoes and half coffee, deterministic for a seed."""
+    rng = random.Random(seed)
+    return [(shoe if i % 2 == 0 else coffee)(rng, i) for i in range(n)]
