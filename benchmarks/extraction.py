@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -64,11 +63,16 @@ def dictionary_baseline(train: list[Product], dev: list[Product]) -> dict[str, f
     return scorer.metrics()
 
 
-def score_file(gold: list[Product], out_file: Path, unlisted_absent: dict[str, set[str]] | None = None) -> dict[str, float]:
+def score_file(
+    gold: list[Product], out_file: Path, unlisted_absent: dict[str, set[str]] | None = None
+) -> dict[str, float]:
     rows = {r["id"]: r for r in map(json.loads, out_file.read_text(encoding="utf-8").splitlines())}
     scorer = ExtractionScorer()
     for g in gold:
-        pred = {k: AttributeValue(k, v["value"], v["score"]) for k, v in rows[g.product_id].get("attributes", {}).items()}
+        pred = {
+            k: AttributeValue(k, v["value"], v["score"])
+            for k, v in rows[g.product_id].get("attributes", {}).items()
+        }
         if unlisted_absent is not None:
             attrs: dict[str, AttributeValue | None] = dict.fromkeys(unlisted_absent[g.category_path or ""])
             attrs.update(g.attributes)
@@ -101,7 +105,10 @@ def main() -> None:
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(product_to_input(p), ensure_ascii=False) + "\n" for p in items)
     with open(out / "dev_unlabelled.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"id": p.product_id, "title": p.title, "category": p.category_path}) + "\n" for p in dev)
+        fh.writelines(
+            json.dumps({"id": p.product_id, "title": p.title, "category": p.category_path}) + "\n"
+            for p in dev
+        )
     rng2 = random.Random(0)
     with open(out / "throughput.jsonl", "w", encoding="utf-8") as fh:
         for i in range(args.throughput_n):
@@ -113,18 +120,39 @@ def main() -> None:
     cli = [sys.executable, "-m", "shangpin"]
     model = out / "model"
     sets = [x for s in args.set for x in ("--set", s)]
-    train_s, train_rss, _ = run([*cli, "train", "--task", "extract", "--data", str(out / "train.jsonl"),
-                                 "--model", str(model), *sets])
-    dev_s, _, _ = run([*cli, "predict", "--model", str(model), "--data", str(out / "dev_unlabelled.jsonl"),
-                       "--out", str(out / "dev_pred.jsonl")])
+    train_s, train_rss, _ = run(
+        [*cli, "train", "--task", "extract", "--data", str(out / "train.jsonl"), "--model", str(model), *sets]
+    )
+    dev_s, _, _ = run(
+        [
+            *cli,
+            "predict",
+            "--model",
+            str(model),
+            "--data",
+            str(out / "dev_unlabelled.jsonl"),
+            "--out",
+            str(out / "dev_pred.jsonl"),
+        ]
+    )
     schema: dict[str, set[str]] = defaultdict(set)
     for p in train:
         schema[p.category_path or ""].update(p.attributes)
     model_m = score_file(dev, out / "dev_pred.jsonl")
     model_strict = score_file(dev, out / "dev_pred.jsonl", unlisted_absent=schema)
     base = dictionary_baseline(train, dev)
-    pred_s, pred_rss, _ = run([*cli, "predict", "--model", str(model), "--data", str(out / "throughput.jsonl"),
-                               "--out", str(out / "throughput_pred.jsonl")])
+    pred_s, pred_rss, _ = run(
+        [
+            *cli,
+            "predict",
+            "--model",
+            str(model),
+            "--data",
+            str(out / "throughput.jsonl"),
+            "--out",
+            str(out / "throughput_pred.jsonl"),
+        ]
+    )
     # Steady state: model loaded once, titles/s over the same file in-process.
     from shangpin.pipeline import Pipeline
 
@@ -137,17 +165,26 @@ def main() -> None:
     steady = n / (time.perf_counter() - t0)
     meta = json.loads((model / "extract_attributes" / "meta.json").read_text())
     result = {
-        "data": str(args.data), "seed": args.seed, "n_train": len(train), "n_dev": len(dev), "overrides": args.set,
+        "data": str(args.data),
+        "seed": args.seed,
+        "n_train": len(train),
+        "n_dev": len(dev),
+        "overrides": args.set,
         "cores": len(os.sched_getaffinity(0)),
         "model": {k: round(v, 2) for k, v in model_m.items() if k.startswith(("micro", "macro"))},
-        "model_unlisted_absent": {k: round(v, 2) for k, v in model_strict.items() if k.startswith(("micro", "macro"))},
+        "model_unlisted_absent": {
+            k: round(v, 2) for k, v in model_strict.items() if k.startswith(("micro", "macro"))
+        },
         "dictionary": {k: round(v, 2) for k, v in base.items() if k.startswith(("micro", "macro"))},
         "threshold": meta["train"].get("threshold"),
-        "train_command_seconds": round(train_s, 1), "train_peak_rss_mib": round(train_rss),
+        "train_command_seconds": round(train_s, 1),
+        "train_peak_rss_mib": round(train_rss),
         "predict_dev_command_seconds": round(dev_s, 2),
         "predict_command_titles_per_s": round(args.throughput_n / pred_s, 1),
-        "predict_command_seconds": round(pred_s, 2), "predict_peak_rss_mib": round(pred_rss),
-        "model_load_seconds": round(load_s, 2), "steady_titles_per_s": round(steady, 1),
+        "predict_command_seconds": round(pred_s, 2),
+        "predict_peak_rss_mib": round(pred_rss),
+        "model_load_seconds": round(load_s, 2),
+        "steady_titles_per_s": round(steady, 1),
     }
     (out / "extraction.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -29,8 +29,13 @@ def write(path: Path, lines: list[str | bytes]) -> Path:
 
 def test_reads_contract_fields(tmp_path: Path) -> None:
     row = {
-        "id": "p1", "title": "Acme Red Shoe", "description": "Nice", "category": "Apparel >Shoes",
-        "attributes": {"Color": "Red", "Size": None, "Brand": ["Acme", "ACME"]}, "tags": ["red"], "image": "a.jpg",
+        "id": "p1",
+        "title": "Acme Red Shoe",
+        "description": "Nice",
+        "category": "Apparel >Shoes",
+        "attributes": {"Color": "Red", "Size": None, "Brand": ["Acme", "ACME"]},
+        "tags": ["red"],
+        "image": "a.jpg",
     }
     (p,) = read_products(write(tmp_path / "a.jsonl", [json.dumps(row)]))
     assert p.product_id == "p1" and p.description == "Nice" and p.image == "a.jpg"
@@ -43,7 +48,11 @@ def test_reads_contract_fields(tmp_path: Path) -> None:
 
 
 def test_reads_extractgpt_format(tmp_path: Path) -> None:
-    row = {"input": "Crocs Flat, Navy", "category": "Shoes", "target_scores": {"Brand": {"Crocs": 1}, "Size": {"n/a": 1}}}
+    row = {
+        "input": "Crocs Flat, Navy",
+        "category": "Shoes",
+        "target_scores": {"Brand": {"Crocs": 1}, "Size": {"n/a": 1}},
+    }
     (p,) = read_products(write(tmp_path / "a.jsonl", [json.dumps(row)]))
     assert p.title == "Crocs Flat, Navy" and p.product_id == "1"
     assert p.attributes["Brand"] is not None and p.attributes["Brand"].value == "Crocs"
@@ -133,6 +142,13 @@ def test_output_contract_merges_text_and_predicted() -> None:
         "id": "1",
         "attributes": {
             "Gender": {"value": "Women", "score": 0.7, "source": "predicted"},
-            "Color": {"value": "Red", "score": 0.9123, "source": "text", "field": "title", "start": 5, "end": 8},
+            "Color": {
+                "value": "Red",
+                "score": 0.9123,
+                "source": "text",
+                "field": "title",
+                "start": 5,
+                "end": 8,
+            },
         },
     }

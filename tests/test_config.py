@@ -21,8 +21,11 @@ def test_default_config_file_is_valid_and_matches_signature_defaults() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config(None, ["stages.extract_attributes.epochs=3", "learning_rate=5e-5", "pipeline.batch_size=8"],
-                      default_stage="extract_attributes")
+    cfg = load_config(
+        None,
+        ["stages.extract_attributes.epochs=3", "learning_rate=5e-5", "pipeline.batch_size=8"],
+        default_stage="extract_attributes",
+    )
     assert cfg.stage_params("extract_attributes") == {"epochs": 3, "learning_rate": 5e-5}
     assert cfg.batch_size == 8
     assert parse_override("a=hello world", "extract_attributes")[1] == "hello world"
@@ -31,7 +34,10 @@ def test_overrides_are_typed() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("stages.extract_attributes.epoch=3", r"stages.extract_attributes.epoch: unknown key. Valid keys: .*epochs"),
+        (
+            "stages.extract_attributes.epoch=3",
+            r"stages.extract_attributes.epoch: unknown key. Valid keys: .*epochs",
+        ),
         ("stages.extract_attributes.epochs=three", r"expected int .* found str 'three'"),
         ("stages.nope.x=1", r"unknown stage 'nope'. Available: extract_attributes"),
         ("epochs", r"expected an override like"),

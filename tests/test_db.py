@@ -51,7 +51,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except OperationalError as exc:
         admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set SHANGPIN_TEST_PG_URL): {exc.orig}")
+        shown = make_url(PG_URL).render_as_string(hide_password=True)
+        pytest.skip(f"PostgreSQL not reachable at {shown} (set SHANGPIN_TEST_PG_URL): {exc.orig}")
     # A schema per test keeps parallel runs against the same server apart; it holds alembic_version too.
     url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     try:

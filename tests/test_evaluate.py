@@ -35,7 +35,9 @@ def test_prf_formula() -> None:
 
 
 def test_scorer_micro_macro_and_ignores_attributes_not_in_gold() -> None:
-    g1 = Product("1", "t", category=CategoryPrediction("Shoes"), attributes={"Color": av("Red"), "Size": None})
+    g1 = Product(
+        "1", "t", category=CategoryPrediction("Shoes"), attributes={"Color": av("Red"), "Size": None}
+    )
     g2 = Product("2", "t", category=CategoryPrediction("Shoes"), attributes={"Color": av("Blue")})
     s = ExtractionScorer()
     s.add(g1, {"Color": av("Red"), "Size": av("9"), "Brand": av("ignored")})

@@ -31,8 +31,14 @@ def _extraction_report() -> StageReport:
         for i in range(60)
     ]
     errors = [
-        {"id": "p1", "outcome": "VW", "gold": "红色", "predicted": INJECTION, "score": 0.8731,
-         "title": "纯棉T恤"},
+        {
+            "id": "p1",
+            "outcome": "VW",
+            "gold": "红色",
+            "predicted": INJECTION,
+            "score": 0.8731,
+            "title": "纯棉T恤",
+        },
         {"id": "p2", "outcome": "VN", "gold": "cotton", "predicted": None, "score": None, "title": "Shirt"},
         {"id": "p3", "outcome": "NV", "gold": None, "predicted": "blue", "score": 0.0042, "title": "Cap"},
     ]
@@ -91,6 +97,7 @@ def test_write_report_is_self_contained_utf8(tmp_path: Path) -> None:
     assert "<link" not in html and "@import" not in html and "url(" not in html
     # No temp file left behind by the atomic write.
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_cell_content_is_escaped() -> None:

@@ -31,6 +31,10 @@ def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") ->
     try:
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
             yield fh
+        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applied).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -24,15 +24,19 @@ app = typer.Typer(
 # Options shared by several commands, defined once.
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (created by 'train').")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Products: .jsonl, .jsonl.gz or .csv.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (see configs/default.toml).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config (see configs/default.toml).")
+]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config value: stages.<kind>.<key>=value or key=value.")
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: stages.<kind>.<key>=value or key=value."),
 ]
 SkipOpt = Annotated[
     bool, typer.Option("--skip-invalid", help="Skip malformed input lines (reported) instead of stopping.")
 ]
 FieldMapOpt = Annotated[
-    list[str] | None, typer.Option("--field-map", help="Rename an input field: source=target, e.g. name=title.")
+    list[str] | None,
+    typer.Option("--field-map", help="Rename an input field: source=target, e.g. name=title."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Products per batch.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
@@ -80,7 +84,12 @@ def train(
 
     _setup_logging(verbose)
     stage = run_train(
-        task, data, model, config_path=config, overrides=set_ or (), skip_invalid=skip_invalid,
+        task,
+        data,
+        model,
+        config_path=config,
+        overrides=set_ or (),
+        skip_invalid=skip_invalid,
         field_map=_field_map(field_map),
     )
     info = stage.train_info_
@@ -99,7 +108,10 @@ def predict(
     skip_invalid: SkipOpt = False,
     field_map: FieldMapOpt = None,
     db: Annotated[
-        str | None, typer.Option("--db", help="Also store predictions in this database URL (sqlite:///x.db, postgresql://...).")
+        str | None,
+        typer.Option(
+            "--db", help="Also store predictions in this database URL (sqlite:///x.db, postgresql://...)."
+        ),
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -108,7 +120,13 @@ def predict(
 
     _setup_logging(verbose)
     report = predict_file(
-        model, data, out, batch_size=batch_size, skip_invalid=skip_invalid, field_map=_field_map(field_map), db_url=db
+        model,
+        data,
+        out,
+        batch_size=batch_size,
+        skip_invalid=skip_invalid,
+        field_map=_field_map(field_map),
+        db_url=db,
     )
     _stderr().print(report.summary(), highlight=False)
     for example in report.read.examples:
@@ -121,7 +139,9 @@ def evaluate(
     data: DataOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON instead of tables.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report here.")] = None,
-    metrics_file: Annotated[Path | None, typer.Option("--metrics-file", help="Write metrics JSON here.")] = None,
+    metrics_file: Annotated[
+        Path | None, typer.Option("--metrics-file", help="Write metrics JSON here.")
+    ] = None,
     batch_size: BatchOpt = 256,
     skip_invalid: SkipOpt = False,
     field_map: FieldMapOpt = None,
@@ -148,9 +168,17 @@ def evaluate(
         from shangpin.report import write_report
         from shangpin.storage.artifacts import read_pipeline_meta, read_stage_meta
 
-        info = {"pipeline": read_pipeline_meta(model), **{k: read_stage_meta(model, k) for k in pipeline.names}}
-        write_report(report, reports, title=f"shangpin evaluation: {model.name} on {data.name}",
-                     model_info=info, data_info={"file": str(data), "summary": read.summary()})
+        info = {
+            "pipeline": read_pipeline_meta(model),
+            **{k: read_stage_meta(model, k) for k in pipeline.names},
+        }
+        write_report(
+            report,
+            reports,
+            title=f"shangpin evaluation: {model.name} on {data.name}",
+            model_info=info,
+            data_info={"file": str(data), "summary": read.summary()},
+        )
         _stderr().print(f"report written to {report}", highlight=False)
 
 
@@ -222,7 +250,9 @@ def view(
     with open(out, encoding="utf-8") as fh:
         for line in islice(fh, limit):
             row = json.loads(line)
-            attrs = "\n".join(f"{k}: {v['value']}  {v['score']:.2f}" for k, v in row.get("attributes", {}).items())
+            attrs = "\n".join(
+                f"{k}: {v['value']}  {v['score']:.2f}" for k, v in row.get("attributes", {}).items()
+            )
             other = row["category"]["path"] if "category" in row else ""
             if row.get("tags"):
                 other += ("\n" if other else "") + ", ".join(t["tag"] for t in row["tags"])

@@ -48,13 +48,19 @@ def parse_override(text: str, default_stage: str | None = None) -> tuple[list[st
     parts = [p for p in key.strip().split(".") if p]
     if len(parts) == 1 and default_stage:
         parts = ["stages", default_stage, parts[0]]
-    if not parts or (parts[0] == "stages" and len(parts) != 3) or (parts[0] == "pipeline" and len(parts) != 2):
+    if (
+        not parts
+        or (parts[0] == "stages" and len(parts) != 3)
+        or (parts[0] == "pipeline" and len(parts) != 2)
+    ):
         raise ConfigError(
             f"override '{text}': expected 'stages.<kind>.<key>=value', 'pipeline.<key>=value' "
             "or, with a --task, '<key>=value'"
         )
     if parts[0] not in ("stages", "pipeline"):
-        raise ConfigError(f"override '{text}': the first part must be 'stages' or 'pipeline', found '{parts[0]}'")
+        raise ConfigError(
+            f"override '{text}': the first part must be 'stages' or 'pipeline', found '{parts[0]}'"
+        )
     try:
         value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -71,12 +77,16 @@ def load_config(
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config") from None
+            raise ConfigError(
+                f"config file {path} not found; pass an existing TOML file to --config"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file") from None
     unknown = set(data) - {"pipeline", "stages"}
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; expected [pipeline] and [stages.<kind>]")
+        raise ConfigError(
+            f"{path}: unknown sections {sorted(unknown)}; expected [pipeline] and [stages.<kind>]"
+        )
     pipeline = dict(data.get("pipeline", {}))
     stages: dict[str, dict[str, Any]] = {k: dict(v) for k, v in data.get("stages", {}).items()}
     for text in overrides:
@@ -102,7 +112,7 @@ def load_config(
     return PipelineConfig(batch_size=batch_size, stages=stages, source=path)
 
 
-def validate_params(cls: type[Stage], params: Mapping[str, Any], where: str) -> None:
+def validate_params(cls: type[Stage[Any]], params: Mapping[str, Any], where: str) -> None:
     """Check keys and value types against the stage's signature defaults; raise ConfigError naming the key."""
     defaults = cls().get_params()
     for key, value in params.items():
@@ -120,7 +130,7 @@ def validate_params(cls: type[Stage], params: Mapping[str, Any], where: str) -> 
             )
 
 
-def build_stage(kind: str, config: PipelineConfig) -> Stage:
+def build_stage(kind: str, config: PipelineConfig) -> Stage[Any]:
     """Instantiate a stage from its configured hyperparameters."""
     cls = get_stage_class(kind)
     return cls(**config.stage_params(kind))

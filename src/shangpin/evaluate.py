@@ -89,7 +89,11 @@ class ExtractionScorer:
     def metrics(self) -> dict[str, float]:
         """micro_* pool all cells; macro_* average the cells' scores."""
         p, r, f = prf(self.totals())
-        cells = [prf(c) for c in self.cells.values() if c.get("VC", 0) + c.get("VW", 0) + c.get("VN", 0) + c.get("NV", 0)]
+        cells = [
+            prf(c)
+            for c in self.cells.values()
+            if c.get("VC", 0) + c.get("VW", 0) + c.get("VN", 0) + c.get("NV", 0)
+        ]
         n = len(cells) or 1
         out = {"micro_precision": p, "micro_recall": r, "micro_f1": f}
         out["macro_precision"] = sum(c[0] for c in cells) / n
@@ -103,8 +107,14 @@ class ExtractionScorer:
         for (cat, attr), c in sorted(self.cells.items()):
             p, r, f = prf(c)
             rows.append(
-                {"category": cat, "attribute": attr, **{k: c.get(k, 0) for k in OUTCOMES},
-                 "precision": round(p, 1), "recall": round(r, 1), "f1": round(f, 1)}
+                {
+                    "category": cat,
+                    "attribute": attr,
+                    **{k: c.get(k, 0) for k in OUTCOMES},
+                    "precision": round(p, 1),
+                    "recall": round(r, 1),
+                    "f1": round(f, 1),
+                }
             )
         return rows
 
@@ -123,7 +133,10 @@ def boundary_kind(gold: str, pred: str) -> str:
 
 
 def evaluate(
-    pipeline: Pipeline, products: Iterable[Product], batch_size: int = 256, stages: Sequence[str] | None = None
+    pipeline: Pipeline,
+    products: Iterable[Product],
+    batch_size: int = 256,
+    stages: Sequence[str] | None = None,
 ) -> dict[str, StageReport]:
     """Run the pipeline on copies of gold products and let each stage score its own output.
 

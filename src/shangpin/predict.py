@@ -67,13 +67,21 @@ def predict_file(
             if store is not None:
                 batch.append(product)
                 if len(batch) >= batch_size:
-                    report.stored += store.save_products(batch, model_version=report.model_version)
+                    report.stored += store.save_products(
+                        batch, model_version=report.model_version, include_category="category" in fields
+                    )
                     batch = []
         if store is not None and batch:
-            report.stored += store.save_products(batch, model_version=report.model_version)
+            report.stored += store.save_products(
+                batch, model_version=report.model_version, include_category="category" in fields
+            )
 
-    with atomic_write(out) as fh:
-        report.written = write_jsonl(rows(), fh)
+    try:
+        with atomic_write(out) as fh:
+            report.written = write_jsonl(rows(), fh)
+    finally:
+        if store is not None:
+            store.close()
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shangpin.errors import ConfigError
 
@@ -11,14 +11,14 @@ if TYPE_CHECKING:
     from shangpin.stages.base import Stage
 
 
-def _extract_attributes() -> type[Stage]:
+def _extract_attributes() -> type[Stage[Any]]:
     from shangpin.stages.extract_attributes import AttributeExtractor
 
     return AttributeExtractor
 
 
 # Alphabetical; the pipeline order is STAGE_ORDER below.
-_STAGES: dict[str, Callable[[], type[Stage]]] = {
+_STAGES: dict[str, Callable[[], type[Stage[Any]]]] = {
     "extract_attributes": _extract_attributes,
 }
 
@@ -34,7 +34,7 @@ def available_stages() -> list[str]:
     return sorted(_STAGES)
 
 
-def get_stage_class(kind: str) -> type[Stage]:
+def get_stage_class(kind: str) -> type[Stage[Any]]:
     """The Stage class registered under `kind`; lists the valid kinds when it is unknown."""
     if kind not in _STAGES:
         raise ConfigError(f"unknown stage '{kind}'. Available: {', '.join(available_stages())}")

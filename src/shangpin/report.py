@@ -92,7 +92,6 @@ def write_report(
     path = Path(path)
     with atomic_write(path) as fh:
         fh.write(html)
-    path.chmod(0o644)  # the temp file behind atomic_write is private (0600); a report is meant to be shared
 
 
 # --------------------------------------------------------------------------- view models

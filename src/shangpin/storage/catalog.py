@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from shangpin.errors import DataError
 from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
@@ -57,7 +57,9 @@ class ReadReport:
 def _open_binary(path: Path) -> IO[bytes]:
     if not path.exists():
         raise DataError(f"{path}: no such file; expected a .jsonl, .jsonl.gz or .csv product file")
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 def _is_csv(path: Path) -> bool:
@@ -88,7 +90,9 @@ def read_products(
             product = product_from_dict(row, field_map=field_map, where=f"{path}:{line_no}", report=report)
         except DataError as exc:
             if not skip_invalid:
-                raise DataError(f"{exc.message}; fix the line or pass --skip-invalid to skip such lines") from None
+                raise DataError(
+                    f"{exc.message}; fix the line or pass --skip-invalid to skip such lines"
+                ) from None
             reason = exc.message.split(": ", 1)[1].split(";")[0] if ": " in exc.message else exc.message
             report.skipped[_short_reason(reason)] += 1
             if len(report.examples) < 5:
@@ -114,7 +118,12 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, DataError(f"{path}:{line_no}: invalid UTF-8 at byte {exc.start}; re-encode the file as UTF-8")
+                yield (
+                    line_no,
+                    DataError(
+                        f"{path}:{line_no}: invalid UTF-8 at byte {exc.start}; re-encode the file as UTF-8"
+                    ),
+                )
                 continue
             try:
                 obj = json.loads(text)
@@ -122,8 +131,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
                 yield line_no, DataError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})")
                 continue
             if not isinstance(obj, dict):
-                yield line_no, DataError(
-                    f"{path}:{line_no}: not a JSON object; expected one product object per line, found {type(obj).__name__}"
+                yield (
+                    line_no,
+                    DataError(
+                        f"{path}:{line_no}: not a JSON object; expected one product object per line, found {type(obj).__name__}"
+                    ),
                 )
                 continue
             yield line_no, obj
@@ -155,7 +167,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
                         obj["attributes"] = attrs
                     yield line_no, obj
         except UnicodeDecodeError as exc:
-            yield reader.line_num + 1, DataError(f"{path}:{reader.line_num + 1}: invalid UTF-8 ({exc.reason})")
+            yield (
+                reader.line_num + 1,
+                DataError(f"{path}:{reader.line_num + 1}: invalid UTF-8 ({exc.reason})"),
+            )
         except csv.Error as exc:
             yield reader.line_num, DataError(f"{path}:{reader.line_num}: invalid CSV ({exc})")
 
@@ -202,7 +217,9 @@ def product_from_dict(
         log.warning("%s: title of %d characters truncated to %d", where, len(title), MAX_TITLE_CHARS)
         title, truncated = title[:MAX_TITLE_CHARS], True
     if len(description) > MAX_DESCRIPTION_CHARS:
-        log.warning("%s: description of %d characters truncated to %d", where, len(description), MAX_DESCRIPTION_CHARS)
+        log.warning(
+            "%s: description of %d characters truncated to %d", where, len(description), MAX_DESCRIPTION_CHARS
+        )
         description, truncated = description[:MAX_DESCRIPTION_CHARS], True
     if truncated and report is not None:
         report.truncated += 1
@@ -219,7 +236,9 @@ def product_from_dict(
     attrs = data.get("attributes")
     if attrs is not None:
         if not isinstance(attrs, dict):
-            raise DataError(f"{where}: field 'attributes' must be an object {{name: value | null}}, found {attrs!r}")
+            raise DataError(
+                f"{where}: field 'attributes' must be an object {{name: value | null}}, found {attrs!r}"
+            )
         for name, value in attrs.items():
             product.attributes[str(name)] = _attribute(str(name), value, where)
     tags = data.get("tags")
@@ -254,7 +273,9 @@ def _attribute(name: str, value: Any, where: str) -> AttributeValue | None:
         return None
     values = [value] if isinstance(value, str | int | float) else value
     if not isinstance(values, list) or not all(isinstance(v, str | int | float) for v in values):
-        raise DataError(f"{where}: attribute '{name}' must be a string, a list of strings or null, found {value!r}")
+        raise DataError(
+            f"{where}: attribute '{name}' must be a string, a list of strings or null, found {value!r}"
+        )
     strs = [str(v) for v in values if str(v).strip().lower() not in NA_VALUES]
     if not strs:
         return None

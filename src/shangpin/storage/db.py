@@ -325,11 +325,16 @@ def _unreachable_message(url: URL, exc: DBAPIError) -> str:
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     if url.password:
         reason = reason.replace(str(url.password), "***")
-    where = "server" if url.get_backend_name() != "sqlite" else "file"
+    if url.get_backend_name() == "sqlite":
+        check = "check that the folder of the database file exists and is writable"
+    else:
+        check = (
+            "check that the server is running and reachable and that host, port, user, password and "
+            "database name are right"
+        )
     return (
         f"could not connect to the database at {_mask(url)!r}: {reason}. Expected a reachable "
-        f"{url.get_backend_name()} database ({_URL_FORMS}); check that the {where} exists and is reachable, "
-        f"that the URL (host, port, user, password, database name) is right, or pass another URL with --db "
+        f"{url.get_backend_name()} database ({_URL_FORMS}); {check}, or pass another URL with --db "
         f"or {DB_URL_ENV}."
     )
 

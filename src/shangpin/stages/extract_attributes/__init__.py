@@ -62,6 +62,7 @@ class AttributeExtractor(Stage[Prediction]):
         dictionary_fallback: when the tagger finds nothing for an attribute, return a training value of that
             attribute found verbatim in the text (scored by its precision on dev).
         quantize: ship an int8 (per-channel) ONNX model rather than fp32.
+        freeze_embeddings: keep the word embeddings fixed while fine-tuning (faster on a CPU).
         seed: seed for the dev split, augmentation and training.
 
     Attributes:
@@ -78,7 +79,12 @@ class AttributeExtractor(Stage[Prediction]):
     requires: ClassVar[tuple[str, ...]] = ("title",)
     assigns: ClassVar[tuple[str, ...]] = ("extracted",)
 
-    test_params: ClassVar[dict[str, Any]] = {"num_layers": 2, "epochs": 12, "learning_rate": 3e-4, "batch_size": 8}
+    test_params: ClassVar[dict[str, Any]] = {
+        "num_layers": 2,
+        "epochs": 12,
+        "learning_rate": 3e-4,
+        "batch_size": 8,
+    }
 
     MODEL_FILE: ClassVar[str] = "model.onnx"
     TOKENIZER_FILE: ClassVar[str] = "tokenizer.json"
@@ -105,6 +111,7 @@ class AttributeExtractor(Stage[Prediction]):
         pseudo_label_min_score: float = 0.9,
         dictionary_fallback: bool = True,
         quantize: bool = True,
+        freeze_embeddings: bool = True,
         seed: int = 0,
     ) -> None:
         self.encoder = encoder
@@ -125,6 +132,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.pseudo_label_min_score = pseudo_label_min_score
         self.dictionary_fallback = dictionary_fallback
         self.quantize = quantize
+        self.freeze_embeddings = freeze_embeddings
         self.seed = seed
 
     # ------------------------------------------------------------------ fit
@@ -150,7 +158,7 @@ class AttributeExtractor(Stage[Prediction]):
         unlabelled = [p for p in products if not p.attributes]
         if not labelled:
             raise DataError(
-                "expected products with known attribute values (\"attributes\": {name: value}) to train on, "
+                'expected products with known attribute values ("attributes": {name: value}) to train on, '
                 f"found none among {len(products)} products",
                 stage=self.name,
             )
@@ -206,9 +214,13 @@ class AttributeExtractor(Stage[Prediction]):
             try:
                 extra = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"schema_file {path}: expected JSON {{category: [attribute, ...]}} ({exc})") from None
+                raise ConfigError(
+                    f"schema_file {path}: expected JSON {{category: [attribute, ...]}} ({exc})"
+                ) from None
             if not isinstance(extra, dict):
-                raise ConfigError(f"schema_file {path}: expected a JSON object {{category: [attribute, ...]}}")
+                raise ConfigError(
+                    f"schema_file {path}: expected a JSON object {{category: [attribute, ...]}}"
+                )
             for cat, attrs in extra.items():
                 schema[cat].update(a for a in attrs if a in names)
         self.attributes_: list[str] = sorted(names)
@@ -236,7 +248,11 @@ class AttributeExtractor(Stage[Prediction]):
                 new = rng.choice(choices)
                 title = title[:s] + new + title[e:]
                 attrs[name] = AttributeValue(name=name, value=new)
-            out.append(Product(product_id=f"{p.product_id}#aug{k}", title=title, category=p.category, attributes=attrs))
+            out.append(
+                Product(
+                    product_id=f"{p.product_id}#aug{k}", title=title, category=p.category, attributes=attrs
+                )
+            )
         return out
 
     def _examples(self, products: Sequence[Product]) -> tuple[list[Sequence_], list[list[int]]]:
@@ -264,7 +280,7 @@ class AttributeExtractor(Stage[Prediction]):
         stats = train_token_classifier(
             model,
             batches_of,
-            len(seqs),
+            [len(s.ids) for s in seqs],
             epochs=self.epochs,
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
@@ -272,6 +288,7 @@ class AttributeExtractor(Stage[Prediction]):
             warmup_ratio=self.warmup_ratio,
             seed=self.seed,
             stage=self.name,
+            freeze_embeddings=self.freeze_embeddings,
         )
         t0 = time.perf_counter()
         export_onnx(model, workdir / self.MODEL_FILE, quantize=self.quantize)
@@ -298,7 +315,10 @@ class AttributeExtractor(Stage[Prediction]):
             for name, (f, s, e, score, is_dict) in pred.items():
                 gold = p.attributes.get(name)
                 value = p.text(f)[s:e]
-                correct = gold is not None and value in {gold.value.strip(), *(a.strip() for a in gold.alternatives)}
+                correct = gold is not None and value in {
+                    gold.value.strip(),
+                    *(a.strip() for a in gold.alternatives),
+                }
                 if is_dict:
                     dict_hits.append(correct)
                 else:
@@ -324,7 +344,10 @@ class AttributeExtractor(Stage[Prediction]):
         info["threshold"] = self.threshold_
         info["dictionary_precision"] = self.dictionary_precision_
         log.info(
-            "stage '%s': dev micro-F1 %.2f (threshold %.2f)", self.name, info["dev_metrics"]["micro_f1"], self.threshold_
+            "stage '%s': dev micro-F1 %.2f (threshold %.2f)",
+            self.name,
+            info["dev_metrics"]["micro_f1"],
+            self.threshold_,
         )
 
     def _pseudo_labels(self, unlabelled: Sequence[Product]) -> list[Product]:
@@ -339,8 +362,15 @@ class AttributeExtractor(Stage[Prediction]):
         for p, pred in zip(pool, self.predict(pool), strict=True):
             keep = {k: v for k, v in pred.items() if v.score >= self.pseudo_label_min_score}
             if keep:
-                out.append(Product(product_id=p.product_id, title=p.title, description=p.description,
-                                   category=p.category, attributes=dict(keep)))  # type: ignore[arg-type]
+                out.append(
+                    Product(
+                        product_id=p.product_id,
+                        title=p.title,
+                        description=p.description,
+                        category=p.category,
+                        attributes=dict(keep),
+                    )
+                )
         log.info("stage '%s': %d of %d unlabelled products pseudo-labelled", self.name, len(out), len(pool))
         return out
 
@@ -365,7 +395,9 @@ class AttributeExtractor(Stage[Prediction]):
             if names is None:
                 log.warning(
                     "stage '%s': category '%s' was not in the training data; trying all %d attributes",
-                    self.name, category, len(self.attributes_),
+                    self.name,
+                    category,
+                    len(self.attributes_),
                 )
                 names = self.attributes_
             mask = np.zeros(len(self.labels_), dtype=bool)
@@ -438,7 +470,8 @@ class AttributeExtractor(Stage[Prediction]):
         report.tables["Per category and attribute"] = scorer.cell_table()
         total_vw = sum(scorer.boundary.values()) or 1
         report.tables["Wrong values (VW) by kind"] = [
-            {"kind": k, "count": n, "share": round(100 * n / total_vw, 1)} for k, n in scorer.boundary.most_common()
+            {"kind": k, "count": n, "share": round(100 * n / total_vw, 1)}
+            for k, n in scorer.boundary.most_common()
         ]
         report.tables["Errors (first 200)"] = scorer.errors
         report.notes.append(
@@ -485,7 +518,9 @@ def _score(
     scorer = ExtractionScorer()
     for g, p in zip(gold, preds, strict=True):
         if unlisted_absent is not None:
-            attrs: dict[str, AttributeValue | None] = {a: None for a in unlisted_absent.get(g.category_path or "", [])}
+            attrs: dict[str, AttributeValue | None] = {
+                a: None for a in unlisted_absent.get(g.category_path or "", [])
+            }
             attrs.update(g.attributes)
             g = Product(product_id=g.product_id, title=g.title, category=g.category, attributes=attrs)
         scorer.add(g, p)

@@ -37,7 +37,8 @@ def transitions(n_attributes: int) -> np.ndarray:
 def log_softmax(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     z = x - m
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out
 
 
 def viterbi(logp: np.ndarray, trans: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from shangpin.errors import ConfigError
 from shangpin.records import Product, TextField
 
 FIELDS: tuple[TextField, ...] = ("title", "description")
@@ -45,11 +46,19 @@ class Encoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.cls_id = self.tokenizer.token_to_id("[CLS]")
-        self.sep_id = self.tokenizer.token_to_id("[SEP]")
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.cls_id = self._special("[CLS]")
+        self.sep_id = self._special("[SEP]")
+        self.pad_id = self._special("[PAD]")
         self.max_length = max_length
         self.use_description = use_description
+
+    def _special(self, token: str) -> int:
+        tid = self.tokenizer.token_to_id(token)
+        if tid is None:
+            raise ConfigError(
+                f"the encoder's tokenizer has no {token} token; expected a BERT-style (WordPiece) checkpoint"
+            )
+        return int(tid)
 
     def encode(self, products: Sequence[Product], categories: Sequence[str]) -> list[Sequence_]:
         """Sequences for a batch; a product yields one sequence, more when its description is long."""

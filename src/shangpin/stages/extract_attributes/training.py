@@ -23,7 +23,7 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int) -> Any:
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # the "newly initialised head" report is expected here
     model = AutoModelForTokenClassification.from_pretrained(
         str(encoder),
         num_labels=len(labels),
@@ -38,10 +38,23 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int) -> Any:
     return model
 
 
+def _bucketed(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar lengths: less padding, so each step costs less on a CPU."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 16
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
 def train_token_classifier(
     model: Any,
     batches_of: Any,
-    n_examples: int,
+    lengths: Sequence[int],
     *,
     epochs: int,
     batch_size: int,
@@ -50,10 +63,11 @@ def train_token_classifier(
     warmup_ratio: float,
     seed: int,
     stage: str,
+    freeze_embeddings: bool = True,
 ) -> dict[str, float]:
     """Train with AdamW and linear warm-up/decay on length-bucketed batches.
 
-    `batches_of(indices)` returns (input_ids, attention_mask, token_type_ids, labels) numpy arrays.
+    `lengths` are the examples' token counts; `batches_of(indices)` returns (input_ids, attention_mask, token_type_ids, labels) numpy arrays.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -61,25 +75,29 @@ def train_token_classifier(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     torch.set_num_threads(num_threads())
+    n_examples = len(lengths)
     steps_per_epoch = max(1, -(-n_examples // batch_size))
     total = steps_per_epoch * epochs
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+            "weight_decay": weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+            "weight_decay": 0.0,
+        },
     ]
     opt = torch.optim.AdamW(groups, lr=learning_rate)
-    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
     model.train()
     t0 = time.perf_counter()
     loss_value = float("nan")
-    order = list(range(n_examples))
     for epoch in track(range(epochs), f"{stage}: training", total=epochs):
-        rng.shuffle(order)
         losses = []
-        for b in range(0, n_examples, batch_size):
-            ids, mask, types, labels = batches_of(order[b : b + batch_size])
+        for batch in _bucketed(lengths, batch_size, rng):
+            ids, mask, types, labels = batches_of(batch)
             out = model(
                 input_ids=torch.from_numpy(ids),
                 attention_mask=torch.from_numpy(mask),
