@@ -128,9 +128,9 @@ def predict(
         field_map=_field_map(field_map),
         db_url=db,
     )
-    _stderr().print(report.summary(), highlight=False)
+    typer.echo(report.summary(), err=True)
     for example in report.read.examples:
-        _stderr().print(f"  skipped: {example}", highlight=False, markup=False)
+        typer.echo(f"  skipped: {example}", err=True)
 
 
 @app.command()
@@ -179,7 +179,7 @@ def evaluate(
             model_info=info,
             data_info={"file": str(data), "summary": read.summary()},
         )
-        _stderr().print(f"report written to {report}", highlight=False)
+        typer.echo(f"report written to {report}", err=True)
 
 
 def _print_reports(reports: dict[str, StageReport]) -> None:
@@ -277,7 +277,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ShangpinError as exc:
-        _stderr().print(f"Error: {exc.message}", highlight=False, markup=False)
+        # Plain write: a rich console would wrap the message, and people grep and copy these lines.
+        sys.stderr.write(f"Error: {exc.message}\n")
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

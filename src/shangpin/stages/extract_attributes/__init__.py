@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -421,29 +422,48 @@ class AttributeExtractor(Stage[Prediction]):
             logits = self.runner_(ids, mask, types)
             for row, seq in enumerate(chunk):
                 allowed = self._allowed(cats[seq.product])
-                for span in decode(logits[row], seq.where, allowed, trans):
+                product = products[seq.product]
+                for span in decode(logits[row, seq.words], seq.spans, allowed, trans):
                     name = self.attributes_[span.attribute]
-                    if name not in best[seq.product] or span.score > best[seq.product][name][3]:
-                        best[seq.product][name] = (span.field, span.start, span.end, span.score, False)
+                    old = best[seq.product].get(name)
+                    if old is not None:
+                        same = (
+                            product.text(old[0])[old[1] : old[2]]
+                            == product.text(span.field)[span.start : span.end]
+                        )
+                        # The same value in title and description: keep the title's place, and the better score.
+                        if same and (old[0] == "title" or span.field == "description"):
+                            best[seq.product][name] = (*old[:3], max(old[3], span.score), False)
+                            continue
+                        if not same and span.score <= old[3]:
+                            continue
+                        if same:
+                            span = replace(span, score=max(old[3], span.score))
+                    best[seq.product][name] = (span.field, span.start, span.end, span.score, False)
         if self.dictionary_fallback:
             for i, p in enumerate(products):
                 self._dictionary(p, cats[i], best[i])
         return best
 
     def _dictionary(self, product: Product, category: str, found: dict[str, _Raw]) -> None:
-        from shangpin.stages.extract_attributes.encoding import find_value
+        """Training values of the category's attributes that the tagger missed, found verbatim in the title."""
+        for name, pattern in self._dictionary_patterns(category):
+            if name not in found and (m := pattern.search(product.title)):
+                found[name] = ("title", m.start(), m.end(), 0.0, True)
 
-        for name, values in self.values_.get(category, {}).items():
-            if name in found:
-                continue
-            for value in sorted(values, key=len, reverse=True):
-                if len(value) < 3:
-                    continue
-                hits = find_value(product.title, value, [])
-                if hits:
-                    s, e = hits[0]
-                    found[name] = ("title", s, e, 0.0, True)
-                    break
+    def _dictionary_patterns(self, category: str) -> list[tuple[str, re.Pattern[str]]]:
+        cache: dict[str, list[tuple[str, re.Pattern[str]]]] = self.__dict__.setdefault("_dict_cache", {})
+        if category not in cache:
+            pats = []
+            for name, values in self.values_.get(category, {}).items():
+                # Longest first, so that at one position "Navy Blue" wins over "Navy"; values under 3
+                # characters match too much by accident.
+                alts = sorted((v for v in values if len(v) >= 3), key=len, reverse=True)
+                if alts:
+                    body = "|".join(re.escape(v) for v in alts)
+                    pats.append((name, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
+            cache[category] = pats
+        return cache[category]
 
     def _finish(self, product: Product, raw: dict[str, _Raw]) -> Prediction:
         xs, ys = self.calibration_

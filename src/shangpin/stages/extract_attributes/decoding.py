@@ -61,46 +61,66 @@ def viterbi(logp: np.ndarray, trans: np.ndarray) -> np.ndarray:
 
 def decode(
     logits: np.ndarray,
-    where: list[tuple[TextField, int, int] | None],
+    spans: list[tuple[TextField, int, int]],
     allowed: np.ndarray,
     trans: np.ndarray,
 ) -> list[Span]:
-    """Spans in one sequence. `allowed` is a boolean mask over labels (the category's attributes and O)."""
-    n_tok = len(where)
-    x = np.where(allowed[None, :], logits[:n_tok], NEG)
-    logp = log_softmax(x)
-    spans: list[Span] = []
+    """Spans over the words of one sequence (`logits`: one row per word). `allowed` masks labels to the
+    category's attributes and O. The arg-max path is used when it is valid BIO; Viterbi only when it is not."""
+    n = len(spans)
+    if n == 0:
+        return []
+    logp = log_softmax(np.where(allowed[None, :], logits[:n], NEG))
+    best = logp.argmax(axis=1)
+    if not (best > 0).any():
+        return []
+    out: list[Span] = []
     i = 0
-    while i < n_tok:
-        if where[i] is None:
-            i += 1
-            continue
-        f = where[i][0]  # type: ignore[index]
+    while i < n:
+        f = spans[i][0]
         j = i
-        while j < n_tok and where[j] is not None and where[j][0] == f:  # type: ignore[index]
+        while j < n and spans[j][0] == f:
             j += 1
-        path = viterbi(logp[i:j], trans)
-        spans.extend(_spans(path, logp[i:j], where[i:j]))
+        path = best[i:j]
+        if not _valid(path):
+            path = viterbi(logp[i:j], trans)
+        out.extend(_spans(path, logp[i:j], spans[i:j]))
         i = j
-    return spans
+    return out
 
 
-def _spans(path: np.ndarray, logp: np.ndarray, where: list[tuple[TextField, int, int] | None]) -> list[Span]:
+def _valid(path: np.ndarray) -> bool:
+    """True when every I-k follows B-k or I-k (labels: O=0, B-k=2k+1, I-k=2k+2)."""
+    is_i = (path > 0) & (path % 2 == 0)
+    if not is_i.any():
+        return True
+    prev = np.concatenate(([0], path[:-1]))
+    ok = (prev == path) | (prev == path - 1)
+    return bool(np.all(ok[is_i]))
+
+
+def _spans(path: np.ndarray, logp: np.ndarray, where: list[tuple[TextField, int, int]]) -> list[Span]:
     out: list[Span] = []
     t = 0
     n = len(path)
     while t < n:
         lab = int(path[t])
-        if lab == 0 or lab % 2 == 0:  # O, or a stray I- (cannot happen after Viterbi)
+        if lab == 0 or lab % 2 == 0:  # O, or a stray I- (cannot happen on a valid path)
             t += 1
             continue
         k = (lab - 1) // 2
         u = t + 1
         while u < n and int(path[u]) == 2 + 2 * k:
             u += 1
-        lp = float(np.mean([logp[s, int(path[s])] for s in range(t, u)]))
-        first, last = where[t], where[u - 1]
-        assert first is not None and last is not None
-        out.append(Span(attribute=k, field=first[0], start=first[1], end=last[2], score=float(np.exp(lp))))
+        lp = float(logp[np.arange(t, u), path[t:u]].mean())
+        out.append(
+            Span(
+                attribute=k,
+                field=where[t][0],
+                start=where[t][1],
+                end=where[u - 1][2],
+                score=float(np.exp(lp)),
+            )
+        )
         t = u
     return out

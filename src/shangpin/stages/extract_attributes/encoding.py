@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from shangpin.errors import ConfigError
 from shangpin.records import Product, TextField
@@ -18,19 +18,24 @@ FIELDS: tuple[TextField, ...] = ("title", "description")
 
 @dataclass
 class Sequence_:
-    """One model input: [CLS] category [SEP] text tokens [SEP] (...) with each token's field and offsets.
+    """One model input: [CLS] category [SEP] text tokens [SEP] (...), and where its words are.
+
+    Labels and predictions live on the first token of each word (the tokenizer's pre-tokenised words: split at
+    spaces and punctuation), so a value never starts or ends inside a word.
 
     Attributes:
         product: index of the product in the batch.
         ids: token ids.
         type_ids: 0 for the category segment, 1 for product text.
-        where: per token, (field, start, end) for text tokens, None for special and category tokens.
+        words: token position of each text word's first token.
+        spans: per word, (field, start, end) character offsets of the whole word.
     """
 
     product: int
     ids: list[int] = field(default_factory=list)
     type_ids: list[int] = field(default_factory=list)
-    where: list[tuple[TextField, int, int] | None] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    spans: list[tuple[TextField, int, int]] = field(default_factory=list)
 
 
 class Encoder:
@@ -76,10 +81,9 @@ class Encoder:
             seq = self._start(i, cat_ids)
             title = titles[i]
             n_title = min(len(title.ids), max(room, 8))
-            self._add(seq, "title", title.ids[:n_title], title.offsets[:n_title])
+            self._add(seq, "title", title, 0, n_title)
             seq.ids.append(self.sep_id)
             seq.type_ids.append(1)
-            seq.where.append(None)
             if descs is not None and product.description:
                 d, pos, cur = descs[i], 0, seq
                 room = self.max_length - len(cur.ids) - 1
@@ -89,10 +93,9 @@ class Encoder:
                         cur = self._start(i, cat_ids)
                         room = self.max_length - len(cur.ids) - 1
                     end = min(len(d.ids), pos + room)
-                    self._add(cur, "description", d.ids[pos:end], d.offsets[pos:end])
+                    self._add(cur, "description", d, pos, end)
                     cur.ids.append(self.sep_id)
                     cur.type_ids.append(1)
-                    cur.where.append(None)
                     if end >= len(d.ids):
                         break
                     # Windows overlap so that no value is cut in two.
@@ -106,14 +109,22 @@ class Encoder:
         seq = Sequence_(product=product)
         seq.ids = [self.cls_id, *cat_ids, self.sep_id]
         seq.type_ids = [0] * len(seq.ids)
-        seq.where = [None] * len(seq.ids)
         return seq
 
     @staticmethod
-    def _add(seq: Sequence_, name: TextField, ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> None:
-        seq.ids.extend(ids)
-        seq.type_ids.extend([1] * len(ids))
-        seq.where.extend((name, s, e) for s, e in offsets)
+    def _add(seq: Sequence_, name: TextField, enc: Encoding, start: int, end: int) -> None:
+        """Append tokens start..end of a field; a word cut by a window edge ends at the last token kept."""
+        base = len(seq.ids)
+        seq.ids.extend(enc.ids[start:end])
+        seq.type_ids.extend([1] * (end - start))
+        word_ids, offsets = enc.word_ids, enc.offsets
+        for t in range(start, end):
+            if t == start or word_ids[t] != word_ids[t - 1]:
+                seq.words.append(base + t - start)
+                seq.spans.append((name, offsets[t][0], offsets[t][1]))
+            else:
+                f, s0, _ = seq.spans[-1]
+                seq.spans[-1] = (f, s0, offsets[t][1])
 
     def pad(self, seqs: Sequence[Sequence_]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """input_ids, attention_mask, token_type_ids padded to the longest sequence."""
@@ -181,21 +192,16 @@ def gold_spans(product: Product, fields: Sequence[TextField]) -> dict[TextField,
 def token_labels(
     seq: Sequence_, spans: Mapping[TextField, list[tuple[int, int, str]]], label_ids: Mapping[str, int]
 ) -> list[int]:
-    """BIO label per token (-100 for category and special tokens, which the loss ignores)."""
-    labels: list[int] = []
+    """BIO label on each word's first token; -100 (ignored by the loss) everywhere else."""
+    labels = [-100] * len(seq.ids)
     prev: tuple[TextField, int, int, str] | None = None
-    for w in seq.where:
-        if w is None:
-            labels.append(-100)
-            prev = None
-            continue
-        f, s, e = w
+    for pos, (f, s, e) in zip(seq.words, seq.spans, strict=True):
         hit = next(((gs, ge, name) for gs, ge, name in spans.get(f, []) if s < ge and gs < e), None)
         if hit is None:
-            labels.append(label_ids["O"])
+            labels[pos] = label_ids["O"]
             prev = None
             continue
         key = (f, hit[0], hit[1], hit[2])
-        labels.append(label_ids[("I-" if prev == key else "B-") + hit[2]])
+        labels[pos] = label_ids[("I-" if prev == key else "B-") + hit[2]]
         prev = key
     return labels

@@ -43,7 +43,7 @@ def _bucketed(lengths: Sequence[int], batch_size: int, rng: random.Random) -> li
     order = list(range(len(lengths)))
     rng.shuffle(order)
     chunk = batch_size * 16
-    batches = []
+    batches: list[list[int]] = []
     for c in range(0, len(order), chunk):
         part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
         batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
