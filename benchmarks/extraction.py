@@ -55,7 +55,7 @@ def dictionary_baseline(train: list[Product], dev: list[Product]) -> dict[str, f
     for p in dev:
         pred = {}
         for name in p.attributes:
-            for v in sorted(values.get((p.category_path or "", name), ()), key=len, reverse=True):
+            for v in sorted(values.get((p.category_path or "", name), ()), key=lambda v: (-len(v), v)):
                 if find_value(p.title, v, []):
                     pred[name] = AttributeValue(name, v)
                     break

@@ -53,7 +53,7 @@ def test_help_is_fast() -> None:
 def test_train_writes_model_dir(trained: tuple[Path, Path]) -> None:
     _, model = trained
     meta = json.loads((model / "extract_attributes" / "meta.json").read_text())
-    assert meta["version"] == 1 and meta["params"]["num_layers"] == 2
+    assert meta["version"] == 2 and meta["params"]["num_layers"] == 2
     assert meta["train"]["data_products"] == 40 and len(meta["train"]["data_sha256"]) == 64
     assert "dev_metrics" in meta["train"]
     assert json.loads((model / "pipeline.json").read_text())["stages"] == ["extract_attributes"]
@@ -193,3 +193,25 @@ def test_missing_model_dir(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code != 0
+
+
+def test_predict_stores_predictions_in_db(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from shangpin.storage.db import PredictionStore
+
+    data, model = trained
+    url = f"sqlite:///{tmp_path / 'preds.db'}"
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(
+        app, ["predict", "--model", str(model), "--data", str(data), "--out", str(out), "--db", url]
+    )
+    assert result.exit_code == 0, result.output
+    n_values = sum(len(json.loads(line).get("attributes", {})) for line in out.read_text().splitlines())
+    store = PredictionStore(url)
+    try:
+        assert store.count() == n_values > 0
+        (first,) = [json.loads(line) for line in out.read_text().splitlines()][:1]
+        stored = store.predictions_for(first["id"])
+        assert {s.attribute for s in stored} == set(first["attributes"])
+        assert all(s.model_version.startswith("model@") and s.evidence for s in stored)
+    finally:
+        store.close()

@@ -29,8 +29,15 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.evaluate import ExtractionScorer
 from shangpin.records import AttributeValue, Event, Product, TextField
 from shangpin.stages.base import Stage, StageReport
-from shangpin.stages.extract_attributes.decoding import decode, transitions
-from shangpin.stages.extract_attributes.encoding import FIELDS, Encoder, Sequence_, gold_spans, token_labels
+from shangpin.stages.extract_attributes.decoding import LabelSpace, decode, transitions
+from shangpin.stages.extract_attributes.encoding import (
+    FIELDS,
+    N_TYPES,
+    Encoder,
+    Sequence_,
+    gold_spans,
+    token_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,8 @@ class AttributeExtractor(Stage[Prediction]):
             attribute found verbatim in the text (scored by its precision on dev).
         quantize: ship an int8 (per-channel) ONNX model rather than fp32.
         freeze_embeddings: keep the word embeddings fixed while fine-tuning (faster on a CPU).
+        case_features: tell the model each word's shape (Capitalised, UPPER, digits...) through extra token
+            types; the MiniLM tokenizer lower-cases, which hides what capitals say about names and brands.
         seed: seed for the dev split, augmentation and training.
 
     Attributes:
@@ -76,7 +85,7 @@ class AttributeExtractor(Stage[Prediction]):
 
     name: ClassVar[str] = "extract_attributes"
     task: ClassVar[str] = "extract"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # v2: word-level labels and case-feature token types
     requires: ClassVar[tuple[str, ...]] = ("title",)
     assigns: ClassVar[tuple[str, ...]] = ("extracted",)
 
@@ -113,6 +122,7 @@ class AttributeExtractor(Stage[Prediction]):
         dictionary_fallback: bool = True,
         quantize: bool = True,
         freeze_embeddings: bool = True,
+        case_features: bool = False,
         seed: int = 0,
     ) -> None:
         self.encoder = encoder
@@ -134,6 +144,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.dictionary_fallback = dictionary_fallback
         self.quantize = quantize
         self.freeze_embeddings = freeze_embeddings
+        self.case_features = case_features
         self.seed = seed
 
     # ------------------------------------------------------------------ fit
@@ -172,7 +183,9 @@ class AttributeExtractor(Stage[Prediction]):
         train = [labelled[i] for i in sorted(order[n_dev:])]
         # Values seen in dev must not reach the dictionary before dev is scored; they are added afterwards.
         self._build_vocabulary(train, schema_from=labelled)
-        self.encoder_ = Encoder(encoder_path / "tokenizer.json", self.max_length, self.use_description)
+        self.encoder_ = Encoder(
+            encoder_path / "tokenizer.json", self.max_length, self.use_description, self.case_features
+        )
         self._tokenizer_src = encoder_path / "tokenizer.json"
         info: dict[str, Any] = {"n_train": len(train), "n_dev": len(dev), "n_products": len(products)}
 
@@ -277,7 +290,7 @@ class AttributeExtractor(Stage[Prediction]):
                 lab[r, : len(labels[i])] = labels[i]
             return ids, mask, types, lab
 
-        model = build_model(encoder_path, self.labels_, self.num_layers)
+        model = build_model(encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0)
         stats = train_token_classifier(
             model,
             batches_of,
@@ -389,8 +402,9 @@ class AttributeExtractor(Stage[Prediction]):
             out.append({k: v for k, v in done.items() if v.score >= self.threshold_})
         return out
 
-    def _allowed(self, category: str) -> np.ndarray:
-        cache: dict[str, np.ndarray] = self.__dict__.setdefault("_allowed_cache", {})
+    def _label_space(self, category: str) -> LabelSpace:
+        """Labels of the attributes known for a category (all attributes for a category never seen)."""
+        cache: dict[str, LabelSpace] = self.__dict__.setdefault("_space_cache", {})
         if category not in cache:
             names = self.schema_.get(category)
             if names is None:
@@ -406,7 +420,7 @@ class AttributeExtractor(Stage[Prediction]):
             for a in names:
                 k = self.attributes_.index(a)
                 mask[1 + 2 * k] = mask[2 + 2 * k] = True
-            cache[category] = mask
+            cache[category] = LabelSpace.of(mask, transitions(len(self.attributes_)))
         return cache[category]
 
     def _predict_raw(self, products: Sequence[Product]) -> list[dict[str, _Raw]]:
@@ -414,16 +428,15 @@ class AttributeExtractor(Stage[Prediction]):
         cats = [p.category_path or "" for p in products]
         seqs = self.encoder_.encode(products, cats)
         best: list[dict[str, _Raw]] = [{} for _ in products]
-        trans = self.__dict__.setdefault("_trans", transitions(len(self.attributes_)))
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
         for b in range(0, len(order), 64):
             chunk = [seqs[i] for i in order[b : b + 64]]
             ids, mask, types = self.encoder_.pad(chunk)
             logits = self.runner_(ids, mask, types)
             for row, seq in enumerate(chunk):
-                allowed = self._allowed(cats[seq.product])
+                space = self._label_space(cats[seq.product])
                 product = products[seq.product]
-                for span in decode(logits[row, seq.words], seq.spans, allowed, trans):
+                for span in decode(logits[row, seq.words], seq.spans, space):
                     name = self.attributes_[span.attribute]
                     old = best[seq.product].get(name)
                     if old is not None:
@@ -524,7 +537,9 @@ class AttributeExtractor(Stage[Prediction]):
         self.calibration_ = (state["calibration"][0], state["calibration"][1])
         self.dictionary_precision_ = state["dictionary_precision"]
         self.threshold_ = state["threshold"]
-        self.encoder_ = Encoder(path / self.TOKENIZER_FILE, self.max_length, self.use_description)
+        self.encoder_ = Encoder(
+            path / self.TOKENIZER_FILE, self.max_length, self.use_description, self.case_features
+        )
         self._tokenizer_src = path / self.TOKENIZER_FILE
         self._workdir = path
         self.runner_ = OnnxRunner(path / self.MODEL_FILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +42,31 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def viterbi(logp: np.ndarray, trans: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class LabelSpace:
+    """The labels one category may use (O plus B-/I- of its attributes), with the transitions among them.
+
+    Decoding works in this reduced space: a category has ~10 attributes out of ~50, so Viterbi and the softmax
+    cost a few percent of what they would over every label.
+    """
+
+    cols: np.ndarray
+    trans: np.ndarray
+    start: np.ndarray
+
+    @classmethod
+    def of(cls, allowed: np.ndarray, trans: np.ndarray) -> LabelSpace:
+        cols = np.flatnonzero(allowed)
+        start = np.where((cols > 0) & (cols % 2 == 0), NEG, 0.0).astype(np.float32)
+        return cls(cols=cols, trans=trans[np.ix_(cols, cols)], start=start)
+
+
+def viterbi(logp: np.ndarray, trans: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
     """Best label path for one run of tokens (T x L log-probabilities); a run may not start with I-."""
     t_len, n = logp.shape
-    start = np.zeros(n, dtype=np.float32)
-    start[2::2] = NEG
+    if start is None:
+        start = np.zeros(n, dtype=np.float32)
+        start[2::2] = NEG
     score = logp[0] + start
     back = np.zeros((t_len, n), dtype=np.int32)
     for t in range(1, t_len):
@@ -59,20 +80,17 @@ def viterbi(logp: np.ndarray, trans: np.ndarray) -> np.ndarray:
     return path
 
 
-def decode(
-    logits: np.ndarray,
-    spans: list[tuple[TextField, int, int]],
-    allowed: np.ndarray,
-    trans: np.ndarray,
-) -> list[Span]:
-    """Spans over the words of one sequence (`logits`: one row per word). `allowed` masks labels to the
-    category's attributes and O. The arg-max path is used when it is valid BIO; Viterbi only when it is not."""
+def decode(logits: np.ndarray, spans: list[tuple[TextField, int, int]], space: LabelSpace) -> list[Span]:
+    """Spans over the words of one sequence (`logits`: one row per word, all labels).
+
+    The arg-max path is used when it is valid BIO; Viterbi runs only when it is not.
+    """
     n = len(spans)
     if n == 0:
         return []
-    logp = log_softmax(np.where(allowed[None, :], logits[:n], NEG))
+    logp = log_softmax(logits[:n, space.cols])
     best = logp.argmax(axis=1)
-    if not (best > 0).any():
+    if not best.any():
         return []
     out: list[Span] = []
     i = 0
@@ -82,9 +100,10 @@ def decode(
         while j < n and spans[j][0] == f:
             j += 1
         path = best[i:j]
-        if not _valid(path):
-            path = viterbi(logp[i:j], trans)
-        out.extend(_spans(path, logp[i:j], spans[i:j]))
+        if not _valid(space.cols[path]):
+            path = viterbi(logp[i:j], space.trans, space.start)
+        chosen = logp[np.arange(i, j), path].tolist()
+        out.extend(_spans(space.cols[path].tolist(), chosen, spans[i:j]))
         i = j
     return out
 
@@ -99,28 +118,21 @@ def _valid(path: np.ndarray) -> bool:
     return bool(np.all(ok[is_i]))
 
 
-def _spans(path: np.ndarray, logp: np.ndarray, where: list[tuple[TextField, int, int]]) -> list[Span]:
+def _spans(path: list[int], chosen: list[float], where: list[tuple[TextField, int, int]]) -> list[Span]:
+    """Spans of a valid path; score = geometric mean of the chosen labels' probabilities."""
     out: list[Span] = []
     t = 0
     n = len(path)
     while t < n:
-        lab = int(path[t])
+        lab = path[t]
         if lab == 0 or lab % 2 == 0:  # O, or a stray I- (cannot happen on a valid path)
             t += 1
             continue
         k = (lab - 1) // 2
         u = t + 1
-        while u < n and int(path[u]) == 2 + 2 * k:
+        while u < n and path[u] == 2 + 2 * k:
             u += 1
-        lp = float(logp[np.arange(t, u), path[t:u]].mean())
-        out.append(
-            Span(
-                attribute=k,
-                field=where[t][0],
-                start=where[t][1],
-                end=where[u - 1][2],
-                score=float(np.exp(lp)),
-            )
-        )
+        score = math.exp(sum(chosen[t:u]) / (u - t))
+        out.append(Span(attribute=k, field=where[t][0], start=where[t][1], end=where[u - 1][2], score=score))
         t = u
     return out

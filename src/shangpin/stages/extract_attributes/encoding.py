@@ -26,7 +26,8 @@ class Sequence_:
     Attributes:
         product: index of the product in the batch.
         ids: token ids.
-        type_ids: 0 for the category segment, 1 for product text.
+        type_ids: 0 for the category segment; for product text 1, or with case features the shape of the
+            token's word (see `word_shape`), since the uncased tokenizer drops what capitals say about names.
         words: token position of each text word's first token.
         spans: per word, (field, start, end) character offsets of the whole word.
     """
@@ -47,7 +48,13 @@ class Encoder:
         use_description: also read the description (in windows when it is long).
     """
 
-    def __init__(self, tokenizer_file: Path, max_length: int = 128, use_description: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        max_length: int = 128,
+        use_description: bool = True,
+        case_features: bool = False,
+    ) -> None:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -56,6 +63,7 @@ class Encoder:
         self.pad_id = self._special("[PAD]")
         self.max_length = max_length
         self.use_description = use_description
+        self.case_features = case_features
 
     def _special(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
@@ -81,7 +89,7 @@ class Encoder:
             seq = self._start(i, cat_ids)
             title = titles[i]
             n_title = min(len(title.ids), max(room, 8))
-            self._add(seq, "title", title, 0, n_title)
+            self._add(seq, "title", title, 0, n_title, product.title)
             seq.ids.append(self.sep_id)
             seq.type_ids.append(1)
             if descs is not None and product.description:
@@ -93,7 +101,7 @@ class Encoder:
                         cur = self._start(i, cat_ids)
                         room = self.max_length - len(cur.ids) - 1
                     end = min(len(d.ids), pos + room)
-                    self._add(cur, "description", d, pos, end)
+                    self._add(cur, "description", d, pos, end, product.description)
                     cur.ids.append(self.sep_id)
                     cur.type_ids.append(1)
                     if end >= len(d.ids):
@@ -111,13 +119,12 @@ class Encoder:
         seq.type_ids = [0] * len(seq.ids)
         return seq
 
-    @staticmethod
-    def _add(seq: Sequence_, name: TextField, enc: Encoding, start: int, end: int) -> None:
+    def _add(self, seq: Sequence_, name: TextField, enc: Encoding, start: int, end: int, text: str) -> None:
         """Append tokens start..end of a field; a word cut by a window edge ends at the last token kept."""
         base = len(seq.ids)
         seq.ids.extend(enc.ids[start:end])
-        seq.type_ids.extend([1] * (end - start))
         word_ids, offsets = enc.word_ids, enc.offsets
+        first_word = len(seq.words)
         for t in range(start, end):
             if t == start or word_ids[t] != word_ids[t - 1]:
                 seq.words.append(base + t - start)
@@ -125,6 +132,15 @@ class Encoder:
             else:
                 f, s0, _ = seq.spans[-1]
                 seq.spans[-1] = (f, s0, offsets[t][1])
+        if not self.case_features:
+            seq.type_ids.extend([1] * (end - start))
+            return
+        shapes = [word_shape(text[s:e]) for _, s, e in seq.spans[first_word:]]
+        w = -1
+        for t in range(start, end):
+            if t == start or word_ids[t] != word_ids[t - 1]:
+                w += 1
+            seq.type_ids.append(shapes[w])
 
     def pad(self, seqs: Sequence[Sequence_]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """input_ids, attention_mask, token_type_ids padded to the longest sequence."""
@@ -140,6 +156,22 @@ class Encoder:
 
 
 _WORD = re.compile(r"\w", re.UNICODE)
+N_TYPES = 6
+"""Token types with case features: 0 category, 1 lower, 2 Capitalised, 3 UPPER, 4 has a digit, 5 other."""
+
+
+def word_shape(word: str) -> int:
+    """Token type id for a word's shape (see N_TYPES)."""
+    if any(c.isdigit() for c in word):
+        return 4
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        return 5
+    if all(c.isupper() for c in letters) and len(letters) > 1:
+        return 3
+    if letters[0].isupper():
+        return 2
+    return 1
 
 
 def find_value(text: str, value: str, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -17,8 +17,12 @@ from shangpin.encoders import num_threads
 log = logging.getLogger(__name__)
 
 
-def build_model(encoder: Path, labels: Sequence[str], num_layers: int) -> Any:
-    """A token-classification head on the encoder, keeping only its first `num_layers` layers."""
+def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_types: int = 0) -> Any:
+    """A token-classification head on the encoder, keeping only its first `num_layers` layers.
+
+    With `n_token_types` > 2 the token-type embedding grows to that many rows, each new row starting as a copy of
+    type 1 (so the model starts out exactly as pretrained and learns what the new types mean).
+    """
     import torch
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
@@ -35,6 +39,14 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int) -> Any:
     if 0 < num_layers < len(layers):
         base.encoder.layer = torch.nn.ModuleList(list(layers)[:num_layers])
         model.config.num_hidden_layers = num_layers
+    types = base.embeddings.token_type_embeddings
+    if n_token_types > types.num_embeddings:
+        grown = torch.nn.Embedding(n_token_types, types.embedding_dim)
+        with torch.no_grad():
+            grown.weight[: types.num_embeddings] = types.weight
+            grown.weight[types.num_embeddings :] = types.weight[1]
+        base.embeddings.token_type_embeddings = grown
+        model.config.type_vocab_size = n_token_types
     return model
 
 

@@ -1,0 +1,131 @@
+"""Extraction specifics: span finding, word-level labels, windows over long descriptions, BIO decoding."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from shangpin.encoders import default_encoder_path
+from shangpin.errors import DataError
+from shangpin.records import AttributeValue, CategoryPrediction, Product
+from shangpin.stages.extract_attributes import AttributeExtractor
+from shangpin.stages.extract_attributes.decoding import LabelSpace, _valid, decode, transitions, viterbi
+from shangpin.stages.extract_attributes.encoding import Encoder, find_value, gold_spans, token_labels
+from tests.factories import tiny_products
+
+
+def test_find_value_respects_word_boundaries_and_taken_spans() -> None:
+    assert find_value("Red Redwood red", "Red", []) == [(0, 3)]
+    assert find_value("Redwood, RED", "red", []) == [(9, 12)]  # case-insensitive only when exact is absent
+    assert find_value("Navy Blue, Navy", "Navy", [(0, 9)]) == [(11, 15)]
+    assert find_value("8 M US", "", []) == []
+
+
+def test_gold_spans_prefer_longer_values() -> None:
+    p = Product(
+        "1",
+        "Navy Blue Navy Shoe",
+        attributes={
+            "Color": AttributeValue("Color", "Navy Blue"),
+            "Pattern": AttributeValue("Pattern", "Navy"),
+        },
+    )
+    spans = gold_spans(p, ("title",))["title"]
+    assert sorted(spans) == [(0, 9, "Color"), (10, 14, "Pattern")]
+
+
+def test_labels_on_first_token_of_each_word() -> None:
+    enc = Encoder(default_encoder_path() / "tokenizer.json")
+    p = Product(
+        "1",
+        "Pursonic S1 Toothbrush",
+        category=CategoryPrediction("Toothbrush"),
+        attributes={"Brand": AttributeValue("Brand", "Pursonic S1")},
+    )
+    (seq,) = enc.encode([p], ["Toothbrush"])
+    assert [p.title[s:e] for _, s, e in seq.spans] == ["Pursonic", "S1", "Toothbrush"]
+    labels = token_labels(seq, gold_spans(p, ("title",)), {"O": 0, "B-Brand": 1, "I-Brand": 2})
+    assert [labels[i] for i in seq.words] == [1, 2, 0]
+    assert sum(lab != -100 for lab in labels) == 3  # sub-word pieces and the category carry no label
+
+
+def test_long_description_read_in_overlapping_windows() -> None:
+    enc = Encoder(default_encoder_path() / "tokenizer.json", max_length=64)
+    desc = " ".join(f"word{i}" for i in range(200)) + " Made by Acme."
+    (p,) = [Product("1", "Acme Shoe", description=desc)]
+    seqs = enc.encode([p], ["Shoes"])
+    assert len(seqs) > 3 and all(len(s.ids) <= 64 for s in seqs)
+    covered = {(f, s) for q in seqs for f, s, _ in q.spans}
+    assert ("description", desc.index("Acme")) in covered and ("title", 0) in covered
+
+
+def test_decode_repairs_invalid_paths_with_viterbi() -> None:
+    trans = transitions(2)  # O, B-0, I-0, B-1, I-1
+    assert _valid(np.array([1, 2, 0, 3, 4]))
+    assert not _valid(np.array([0, 2]))
+    assert not _valid(np.array([1, 4]))
+    logp = np.log(np.array([[0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]]))
+    assert list(viterbi(logp, trans)) == [1, 2]  # "I I" becomes "B I"
+    spans = [("title", 0, 4), ("title", 5, 8)]
+    logits = np.log(np.array([[0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]]))
+    (span,) = decode(logits, spans, LabelSpace.of(np.ones(5, dtype=bool), trans))
+    assert (span.attribute, span.start, span.end) == (0, 0, 8)
+    # Attribute 0 wins over all labels; restricted to attribute 1, Viterbi repairs "I-1 I-1" into "B-1 I-1".
+    logits = np.log(np.array([[0.05, 0.5, 0.1, 0.1, 0.25], [0.05, 0.1, 0.5, 0.05, 0.3]]))
+    assert decode(logits, spans, LabelSpace.of(np.ones(5, dtype=bool), trans))[0].attribute == 0
+    only_1 = LabelSpace.of(np.array([True, False, False, True, True]), trans)
+    (span,) = decode(logits, spans, only_1)
+    assert span.attribute == 1 and (span.start, span.end) == (0, 8)
+
+
+def test_fit_needs_labelled_products() -> None:
+    with pytest.raises(DataError, match="expected products with known attribute values"):
+        AttributeExtractor(**AttributeExtractor.test_params).fit([Product("1", "x")])
+
+
+@pytest.fixture(scope="module")
+def int8_stage() -> AttributeExtractor:
+    params = {**AttributeExtractor.test_params, "quantize": True}
+    return AttributeExtractor(**params).fit(tiny_products(40))
+
+
+def test_int8_values_do_not_depend_on_batch_size(int8_stage: AttributeExtractor) -> None:
+    """Dynamic int8 quantisation scales activations per batch: scores may move a little, values should not."""
+    products = tiny_products(40)
+    one = list(int8_stage.pipe(copy.deepcopy(products), batch_size=1))
+    many = list(int8_stage.pipe(copy.deepcopy(products), batch_size=64))
+    same = sum(
+        a.extracted.keys() == b.extracted.keys()
+        and all(a.extracted[k].value == b.extracted[k].value for k in a.extracted)
+        for a, b in zip(one, many, strict=True)
+    )
+    assert same >= 0.95 * len(products)
+    diffs = [
+        abs(a.extracted[k].score - b.extracted[k].score)
+        for a, b in zip(one, many, strict=True)
+        for k in a.extracted.keys() & b.extracted.keys()
+    ]
+    assert max(diffs) < 0.05
+
+
+def test_unknown_category_and_empty_title(int8_stage: AttributeExtractor) -> None:
+    preds = int8_stage.predict(
+        [
+            Product("1", "Acme Women's Sandal, Red", category=CategoryPrediction("Garden")),
+            Product("2", ""),
+            Product("3", "   "),
+        ]
+    )
+    assert preds[1] == {} and preds[2] == {}
+    for av in preds[0].values():
+        assert "Acme Women's Sandal, Red"[av.start : av.end] == av.value and 0 <= av.score <= 1
+
+
+def test_dev_metrics_and_calibration_recorded(int8_stage: AttributeExtractor) -> None:
+    info = int8_stage.train_info_
+    assert info["n_dev"] == 4 and info["n_train"] == 36
+    assert set(info["dev_metrics"]) >= {"micro_f1", "macro_f1", "micro_precision", "micro_recall"}
+    xs, ys = int8_stage.calibration_
+    assert list(ys) == sorted(ys) and 0 <= ys[0] and ys[-1] <= 1  # isotonic: monotone, in [0, 1]
