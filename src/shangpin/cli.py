@@ -104,7 +104,7 @@ def predict(
     model: ModelOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL, one line per input product.")],
-    batch_size: BatchOpt = 256,
+    batch_size: BatchOpt = 1024,
     skip_invalid: SkipOpt = False,
     field_map: FieldMapOpt = None,
     db: Annotated[

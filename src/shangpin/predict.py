@@ -39,7 +39,7 @@ def predict_file(
     data: Path,
     out: Path,
     *,
-    batch_size: int = 256,
+    batch_size: int = 1024,
     skip_invalid: bool = False,
     field_map: Mapping[str, str] | None = None,
     db_url: str | None = None,
@@ -47,7 +47,8 @@ def predict_file(
 ) -> PredictReport:
     """Enrich `data` into `out` (JSONL, one line per input product, input order), optionally storing predictions.
 
-    The output file appears only when the run completes (written to a temp file and renamed).
+    The output file appears only when the run completes (written to a temp file and renamed). Larger batches
+    let a stage sort more titles by length before padding them into model batches (faster on a CPU).
     """
     t0 = time.perf_counter()
     pipeline = pipeline or Pipeline.load(model_dir)

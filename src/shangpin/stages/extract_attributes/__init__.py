@@ -104,12 +104,12 @@ class AttributeExtractor(Stage[Prediction]):
         self,
         *,
         encoder: str = "",
-        num_layers: int = 6,
+        num_layers: int = 4,
         max_length: int = 128,
         use_description: bool = True,
-        epochs: int = 12,
+        epochs: int = 15,
         batch_size: int = 16,
-        learning_rate: float = 1e-4,
+        learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         dev_fraction: float = 0.1,
@@ -189,8 +189,9 @@ class AttributeExtractor(Stage[Prediction]):
         self._tokenizer_src = encoder_path / "tokenizer.json"
         info: dict[str, Any] = {"n_train": len(train), "n_dev": len(dev), "n_products": len(products)}
 
-        workdir = Path(tempfile.mkdtemp(prefix="shangpin-extract-"))
-        self._workdir = workdir
+        # The ONNX file lives here until `save` copies it; the folder goes when the stage is garbage-collected.
+        self._tmp = tempfile.TemporaryDirectory(prefix="shangpin-extract-")
+        workdir = self._workdir = Path(self._tmp.name)
         train_set = train + self._augment(train, rng)
         info["n_augmented"] = len(train_set) - len(train)
         info.update(self._train(encoder_path, train_set, workdir))
