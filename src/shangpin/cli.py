@@ -142,6 +142,9 @@ def evaluate(
     metrics_file: Annotated[
         Path | None, typer.Option("--metrics-file", help="Write metrics JSON here.")
     ] = None,
+    details: Annotated[
+        bool, typer.Option("--details", help="Print long tables too (they are always in --report).")
+    ] = False,
     batch_size: BatchOpt = 256,
     skip_invalid: SkipOpt = False,
     field_map: FieldMapOpt = None,
@@ -161,7 +164,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
-        _print_reports(reports)
+        _print_reports(reports, details=details)
     if metrics_file:
         metrics_file.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     if report:
@@ -182,7 +185,7 @@ def evaluate(
         typer.echo(f"report written to {report}", err=True)
 
 
-def _print_reports(reports: dict[str, StageReport]) -> None:
+def _print_reports(reports: dict[str, StageReport], details: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -195,7 +198,11 @@ def _print_reports(reports: dict[str, StageReport]) -> None:
             head.add_row(k, f"{v:.2f}" if isinstance(v, float) and not v.is_integer() else f"{v:g}")
         console.print(head)
         for title, rows in rep.tables.items():
-            if not rows or title.lower().startswith("errors"):
+            if not rows or (len(rows) > 25 and not details):
+                if rows:
+                    console.print(
+                        f"[dim]{kind}: {title}: {len(rows)} rows (--details or --report to see them)[/dim]"
+                    )
                 continue
             t = Table(title=f"{kind}: {title}")
             for col in rows[0]:
@@ -241,22 +248,26 @@ def view(
 
     from shangpin.storage.catalog import read_products
 
-    titles = {p.product_id: p.title for p in read_products(data)} if data else {}
+    inputs = {p.product_id: p for p in read_products(data)} if data else {}
     table = Table(title=f"{out.name}: first {limit} products", show_lines=True)
     table.add_column("id")
     table.add_column("title", max_width=50)
     table.add_column("attributes (value  score)")
-    table.add_column("category / tags")
+    table.add_column("category (input or predicted) / tags")
     with open(out, encoding="utf-8") as fh:
         for line in islice(fh, limit):
             row = json.loads(line)
             attrs = "\n".join(
                 f"{k}: {v['value']}  {v['score']:.2f}" for k, v in row.get("attributes", {}).items()
             )
-            other = row["category"]["path"] if "category" in row else ""
+            given = inputs.get(row["id"])
+            if "category" in row:
+                other = f"{row['category']['path']}  {row['category']['score']:.2f}"
+            else:
+                other = given.category_path or "" if given else ""
             if row.get("tags"):
                 other += ("\n" if other else "") + ", ".join(t["tag"] for t in row["tags"])
-            table.add_row(row["id"], titles.get(row["id"], ""), attrs or "(none found)", other)
+            table.add_row(row["id"], given.title if given else "", attrs or "(none found)", other)
     Console().print(table)
 
 
