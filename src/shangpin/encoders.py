@@ -54,10 +54,13 @@ def num_threads() -> int:
     return max(1, min(8, cores))
 
 
-def export_onnx(model: torch.nn.Module, out_file: Path, *, quantize: bool = True) -> Path:
-    """Export a BERT-style token or sequence model to ONNX (dynamic batch and length), int8 per-channel if asked.
+def export_onnx(
+    model: torch.nn.Module, out_file: Path, *, quantize: bool = True, output: str = "logits"
+) -> Path:
+    """Export a BERT-style model to ONNX (dynamic batch and length), int8 per-channel if asked.
 
-    The model takes input_ids, attention_mask and token_type_ids and returns logits.
+    The model takes input_ids, attention_mask and token_type_ids; the graph's single output is the attribute
+    `output` of the model's output ("logits" for task heads, "last_hidden_state" for a bare encoder).
     """
     import torch
 
@@ -78,7 +81,7 @@ def export_onnx(model: torch.nn.Module, out_file: Path, *, quantize: bool = True
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             return self.inner(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).logits
+            )[output]
 
     with torch.no_grad():
         torch.onnx.export(
@@ -86,12 +89,12 @@ def export_onnx(model: torch.nn.Module, out_file: Path, *, quantize: bool = True
             (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
             str(fp32),
             input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["logits"],
+            output_names=[output],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "seq"},
                 "attention_mask": {0: "batch", 1: "seq"},
                 "token_type_ids": {0: "batch", 1: "seq"},
-                "logits": {0: "batch", 1: "seq"},
+                output: {0: "batch", 1: "seq"},
             },
             opset_version=17,
             dynamo=False,

@@ -160,3 +160,146 @@ def _strip_outputs(product: Product, fields: set[str]) -> Product:
         if f.name in fields and f.name not in INPUT_FIELDS and f.default_factory is not dataclasses.MISSING:
             setattr(product, f.name, f.default_factory())
     return product
+
+
+# --------------------------------------------------------------------------- categorisation (MWPD 2020 task 2)
+
+
+def _level(path: str, k: int) -> str | None:
+    names = [n.strip() for n in path.split(">")]
+    return " > ".join(names[:k]) if len(names) >= k else None
+
+
+def category_scores(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
+    """MWPD scoring: weighted F1 (classes weighted by gold support) at each level of the path, averaged over the
+    levels; plus leaf (exact path) accuracy. Percent.
+
+    A product counts at level k when its gold path has k levels; a predicted path shorter than that is wrong there.
+    Weighted P/R/F1 as sklearn's `average="weighted"` (what the challenge's scorer calls), zero_division 0.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    if len(gold) != len(pred):
+        raise ValueError(f"expected as many predictions as gold paths, found {len(pred)} and {len(gold)}")
+    out: dict[str, float] = {}
+    depth = max((len(g.split(">")) for g in gold), default=0)
+    f1s = []
+    for k in range(1, depth + 1):
+        pairs = [(gl, _level(p, k) or "") for g, p in zip(gold, pred, strict=True) if (gl := _level(g, k))]
+        if not pairs:
+            continue
+        g_k, p_k = zip(*pairs, strict=True)
+        p_, r_, f_, _ = precision_recall_fscore_support(g_k, p_k, average="weighted", zero_division=0)
+        out[f"level{k}_weighted_f1"] = 100 * float(f_)
+        out[f"level{k}_weighted_precision"] = 100 * float(p_)
+        out[f"level{k}_weighted_recall"] = 100 * float(r_)
+        f1s.append(100 * float(f_))
+    out["weighted_f1"] = sum(f1s) / len(f1s) if f1s else 0.0
+    out["leaf_accuracy"] = (
+        100 * sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold) if gold else 0.0
+    )
+    return {"weighted_f1": out.pop("weighted_f1"), "leaf_accuracy": out.pop("leaf_accuracy"), **out}
+
+
+def category_report(
+    stage: str, gold: Sequence[Product], pred: Sequence[Product], taxonomy: Any = None
+) -> StageReport:
+    """The categorisation StageReport: MWPD metrics, abstention coverage/precision, a per-level classification
+    report, the most frequent confusions, and a level-1 confusion-matrix figure."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from shangpin.stages.base import StageReport
+
+    pairs = [(g, p) for g, p in zip(gold, pred, strict=True) if g.category is not None and g.category.path]
+    report = StageReport(stage=stage)
+    if not pairs:
+        report.notes.append("No gold product has a category: nothing to score.")
+        return report
+    g_paths = [g.category_path or "" for g, _ in pairs]
+    p_paths = [p.category_path or "" for _, p in pairs]
+    report.metrics = category_scores(g_paths, p_paths)
+    kept = [
+        (g, p)
+        for (g, p), (_, pp) in zip(zip(g_paths, p_paths, strict=True), pairs, strict=True)
+        if pp.category is not None and not pp.category.abstained
+    ]
+    report.metrics["coverage"] = 100 * len(kept) / len(pairs)
+    report.metrics["precision_when_not_abstained"] = (
+        100 * sum(g == p for g, p in kept) / len(kept) if kept else 0.0
+    )
+    report.metrics["n_products"] = float(len(pairs))
+    if taxonomy is not None:
+        unknown = Counter(g for g in g_paths if g not in taxonomy)
+        if unknown:
+            top = ", ".join(f"'{p}' ({n})" for p, n in unknown.most_common(3))
+            report.notes.append(
+                f"{sum(unknown.values())} gold products have a category that is not in the model's taxonomy "
+                f"{taxonomy.name} (the model cannot predict it): {top}."
+            )
+    depth = max(len(g.split(">")) for g in g_paths)
+    rows: list[dict[str, Any]] = []
+    for k in range(1, depth + 1):
+        lv = [(gl, _level(p, k) or "") for g, p in zip(g_paths, p_paths, strict=True) if (gl := _level(g, k))]
+        labels = sorted({gl for gl, _ in lv})
+        pr, rc, f1, sup = precision_recall_fscore_support(
+            [a for a, _ in lv], [b for _, b in lv], labels=labels, zero_division=0
+        )
+        level_rows = [
+            {
+                "level": k,
+                "category": lab,
+                "precision": 100 * float(a),
+                "recall": 100 * float(b),
+                "f1": 100 * float(c),
+                "support": int(d),
+            }
+            for lab, a, b, c, d in zip(labels, pr, rc, f1, sup, strict=True)
+        ]
+        rows += sorted(level_rows, key=lambda r: -r["support"])
+    report.tables["Per-level classification report"] = rows
+    confusions = Counter((g, p) for g, p in zip(g_paths, p_paths, strict=True) if g != p)
+    report.tables["Most frequent confusions"] = [
+        {"gold": g, "predicted": p, "count": n} for (g, p), n in confusions.most_common(30)
+    ]
+    svg = _confusion_svg([_level(g, 1) or "" for g in g_paths], [_level(p, 1) or "" for p in p_paths])
+    if svg:
+        report.figures["Confusion matrix, level 1 (rows: gold, columns: predicted; row-normalised)"] = svg
+    return report
+
+
+def _confusion_svg(gold: Sequence[str], pred: Sequence[str], max_classes: int = 30) -> str:
+    """Row-normalised confusion matrix of the `max_classes` most frequent gold classes as inline SVG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ""
+    import io
+
+    import numpy as np
+
+    labels = [c for c, _ in Counter(gold).most_common(max_classes)]
+    index = {c: i for i, c in enumerate(labels)}
+    other = len(labels)
+    m = np.zeros((len(labels), len(labels) + 1))
+    for g, p in zip(gold, pred, strict=True):
+        if g in index:
+            m[index[g], index.get(p, other)] += 1
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    short = [lab if len(lab) <= 32 else lab[:30] + "…" for lab in labels]
+    size = 3 + 0.28 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels) + 1), [*short, "(other)"], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), short, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]

@@ -39,12 +39,17 @@ class AttributeValue:
 
 @dataclass(frozen=True, slots=True)
 class CategoryPrediction:
-    """A category path "A > B > C" with its score, alternatives and whether the model abstained."""
+    """A category path "A > B > C" with its score, alternatives and whether the model abstained.
+
+    `levels` scores each ancestor of `path` (top first, ending with `path` itself): the probability that the
+    product belongs under it, so a shop can act on a confident "A > B" when the leaf is uncertain.
+    """
 
     path: str
     score: float = 1.0
     alternatives: tuple[ScoredLabel, ...] = ()
     abstained: bool = False
+    levels: tuple[ScoredLabel, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

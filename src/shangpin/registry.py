@@ -11,6 +11,12 @@ if TYPE_CHECKING:
     from shangpin.stages.base import Stage
 
 
+def _categorize() -> type[Stage[Any]]:
+    from shangpin.stages.categorize import Categorizer
+
+    return Categorizer
+
+
 def _extract_attributes() -> type[Stage[Any]]:
     from shangpin.stages.extract_attributes import AttributeExtractor
 
@@ -19,6 +25,7 @@ def _extract_attributes() -> type[Stage[Any]]:
 
 # Alphabetical; the pipeline order is STAGE_ORDER below.
 _STAGES: dict[str, Callable[[], type[Stage[Any]]]] = {
+    "categorize": _categorize,
     "extract_attributes": _extract_attributes,
 }
 
@@ -26,7 +33,7 @@ _STAGES: dict[str, Callable[[], type[Stage[Any]]]] = {
 STAGE_ORDER: tuple[str, ...] = ("categorize", "extract_attributes", "predict_attributes", "recommend_tags")
 
 # `shangpin train --task WORD` -> stage kind.
-TASKS: dict[str, str] = {"extract": "extract_attributes"}
+TASKS: dict[str, str] = {"categorize": "categorize", "extract": "extract_attributes"}
 
 
 def available_stages() -> list[str]:

@@ -28,7 +28,17 @@ __all__ = ["COLLAPSE_AFTER", "render_html", "write_report"]
 COLLAPSE_AFTER = 50
 
 #: Metrics shown first (as large headline numbers) when present, in this order.
-HEADLINE_METRICS = ("micro_f1", "macro_f1", "f1", "micro_precision", "precision", "micro_recall", "recall")
+HEADLINE_METRICS = (
+    "weighted_f1",
+    "leaf_accuracy",
+    "micro_f1",
+    "macro_f1",
+    "f1",
+    "micro_precision",
+    "precision",
+    "micro_recall",
+    "recall",
+)
 
 #: Tables with all these columns get an inline bar next to the F1 value.
 PRF_COLUMNS = ("precision", "recall", "f1")
@@ -99,7 +109,7 @@ def write_report(
 
 def _stage_view(index: int, name: str, report: StageReport) -> dict[str, Any]:
     headline, rest = _split_metrics(report.metrics)
-    figures = getattr(report, "figures", None) or {}
+    figures = report.figures
     return {
         "name": name,
         "kind": report.stage,

@@ -29,12 +29,14 @@ class StageReport:
         metrics: stable snake_case metric name -> value (percent for P/R/F1).
         tables: table title -> rows (dicts with the same keys), rendered as they are.
         notes: short sentences shown under the tables.
+        figures: figure title -> inline SVG markup (e.g. a confusion matrix), embedded in the HTML report.
     """
 
     stage: str
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)
 
 
 class Params:

@@ -187,6 +187,19 @@ def _from_extractgpt(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _from_mwpd(obj: dict[str, Any]) -> dict[str, Any]:
+    """Map an MWPD 2020 / WDC line {"ID", "Name", "Description", "CategoryText", "lvl1".."lvl3"} onto the contract."""
+    out: dict[str, Any] = {"id": obj.get("ID"), "title": obj.get("Name") or ""}
+    if obj.get("Description"):
+        out["description"] = obj["Description"]
+    if obj.get("CategoryText"):
+        out["breadcrumb"] = obj["CategoryText"]
+    levels = [str(obj[k]) for k in ("lvl1", "lvl2", "lvl3") if obj.get(k)]
+    if levels:
+        out["category"] = " > ".join(levels)
+    return out
+
+
 def product_from_dict(
     obj: Mapping[str, Any],
     *,
@@ -198,6 +211,8 @@ def product_from_dict(
     data = {field_map.get(k, k) if field_map else k: v for k, v in obj.items()}
     if "title" not in data and "input" in data and "target_scores" in data:
         data = _from_extractgpt(data, where)
+    elif "title" not in data and "Name" in data and "ID" in data:
+        data = _from_mwpd(data)
     for key in ("id", "title"):
         if key not in data or data[key] is None:
             found = ", ".join(sorted(obj)) or "nothing"
@@ -299,6 +314,8 @@ def product_to_output(product: Product, fields: Iterable[str]) -> dict[str, Any]
             "alternatives": [{"path": a.label, "score": round(a.score, 4)} for a in c.alternatives],
             "abstained": c.abstained,
         }
+        if c.levels:
+            out["category"]["levels"] = [{"path": lv.label, "score": round(lv.score, 4)} for lv in c.levels]
     attrs: dict[str, Any] = {}
     for source_field in ("predicted", "extracted"):  # text spans win over predictions of the same name
         if source_field in fields:

