@@ -70,11 +70,18 @@ def _field_map(pairs: list[str] | None) -> dict[str, str] | None:
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option("--task", "-t", help="What to train: extract.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="What to train: categorize, extract.")],
     data: DataOpt,
     model: ModelOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    taxonomy: Annotated[
+        Path | None,
+        typer.Option(
+            "--taxonomy",
+            help="Taxonomy file or Shopify taxonomy folder, for stages that take one (same as --set taxonomy=FILE).",
+        ),
+    ] = None,
     skip_invalid: SkipOpt = False,
     field_map: FieldMapOpt = None,
     verbose: VerboseOpt = True,
@@ -88,7 +95,7 @@ def train(
         data,
         model,
         config_path=config,
-        overrides=set_ or (),
+        overrides=[*(set_ or ()), *([f"taxonomy={taxonomy}"] if taxonomy else [])],
         skip_invalid=skip_invalid,
         field_map=_field_map(field_map),
     )
@@ -232,6 +239,28 @@ def extract(
     out = product_to_output(product, pipeline.assigns)
     out.setdefault("attributes", {})
     typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def categorize(
+    model: ModelOpt,
+    title: Annotated[str, typer.Argument(help="Product title.")],
+    description: Annotated[str, typer.Option("--description", help="Product description.")] = "",
+    breadcrumb: Annotated[
+        str | None, typer.Option("--breadcrumb", help="Site breadcrumb, e.g. 'Home > Shoes'.")
+    ] = None,
+) -> None:
+    """Categorise one product; JSON to stdout (path, score, alternatives, levels, abstained)."""
+    from shangpin.pipeline import Pipeline
+    from shangpin.storage.catalog import product_from_dict, product_to_output
+
+    _setup_logging(False)
+    pipeline = Pipeline.load(model, stages=["categorize"])
+    obj: dict[str, Any] = {"id": "cli", "title": title, "description": description}
+    if breadcrumb:
+        obj["breadcrumb"] = breadcrumb
+    product = next(pipeline.pipe([product_from_dict(obj, where="command line")]))
+    typer.echo(json.dumps(product_to_output(product, pipeline.assigns), ensure_ascii=False, indent=2))
 
 
 @app.command()

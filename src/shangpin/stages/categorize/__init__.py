@@ -200,7 +200,7 @@ class Categorizer(Stage[CategoryPrediction]):
             from shangpin.evaluate import category_scores
 
             dev_metrics = category_scores(gold, [self.classes_[b] for b in best])
-            info["dev"] = {
+            info["dev_metrics"] = {
                 **{k: round(v, 2) for k, v in dev_metrics.items()},
                 "temperature": round(self.temperature_, 4),
                 "threshold": round(self.threshold_, 4),
