@@ -15,11 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/shangpin train --task categorize --data demo/train.jsonl --model demo/model
 	$(BIN)/shangpin train --task extract --data demo/train.jsonl --model demo/model --config configs/demo.toml
 	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl
 	$(BIN)/shangpin view demo/enriched.jsonl --data demo/products.jsonl --limit 12
 	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/report.html
-	@echo "Enriched products: demo/enriched.jsonl   Evaluation report: demo/report.html"
+	$(BIN)/shangpin train --task categorize --data demo/zh_products.jsonl --model demo/zh-model \
+		--taxonomy demo/taxonomy/shopify-zh-CN-categories.txt
+	$(BIN)/shangpin predict --model demo/zh-model --data demo/zh_products.jsonl --out demo/zh-enriched.jsonl
+	$(BIN)/shangpin view demo/zh-enriched.jsonl --data demo/zh_products.jsonl --limit 12
+	@echo "Enriched products: demo/enriched.jsonl, demo/zh-enriched.jsonl   Evaluation report: demo/report.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -30,7 +35,9 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/extraction.py
+	$(BIN)/python benchmarks/categorization.py
 
 clean:
-	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/report.html
+	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/report.html demo/zh-model demo/zh-enriched.jsonl

@@ -184,7 +184,9 @@ class Categorizer(Stage[CategoryPrediction]):
 
         dev, train = self._split(labelled)
         info.update({"n_train": len(train), "n_dev": len(dev)})
-        self.temperature_ = 1.0
+        # Without a dev split: SVM margins are already on a useful scale; cosine similarities need sharpening
+        # (0.05 is the usual temperature of contrastive sentence encoders).
+        self.temperature_ = 1.0 if method == "supervised" else 0.05
         self.threshold_ = 0.0
         fit_one = self._fit_supervised if method == "supervised" else self._fit_prototypes
         fit_one(train, candidates)
