@@ -216,3 +216,13 @@ def test_shopify_zh_taxonomy_zero_shot_chinese_titles() -> None:
     )
     assert "鞋" in pred[0].path, pred[0].path
     assert "咖啡" in pred[1].path, pred[1].path
+
+
+def test_finetuned_encoder_feeds_the_svm(tmp_path: Path) -> None:
+    stage = Categorizer(finetune_epochs=2, finetune_layers=1, dev_fraction=0.25).fit(tiny_products(40))
+    info = stage.train_info_
+    assert info["encoder"] == "minilm" and len(info["finetune"]["dev_accuracy_per_epoch"]) >= 1
+    stage.save(tmp_path / "cat")
+    loaded = Categorizer.load(tmp_path / "cat")
+    products = tiny_products(8, seed=3)
+    assert [p.path for p in loaded.predict(products)] == [p.category_path for p in products]

@@ -72,6 +72,9 @@ class Categorizer(Stage[CategoryPrediction]):
         top_k: alternatives returned (besides the best path).
         min_per_class: see `method`.
         unknown_categories: "error" or "skip" training products whose category is not in `taxonomy`.
+        finetune_epochs: supervised with encoder minilm: first fine-tune the encoder's top `finetune_layers`
+            layers as a classifier (early stopping on the dev split), then use its sentence vectors (0 = frozen).
+        finetune_layers, finetune_learning_rate: see `finetune_epochs`.
         seed: seed for the dev split.
     """
 
@@ -103,6 +106,9 @@ class Categorizer(Stage[CategoryPrediction]):
         top_k: int = 4,
         min_per_class: float = 5.0,
         unknown_categories: Literal["error", "skip"] = "error",
+        finetune_epochs: int = 0,
+        finetune_layers: int = 2,
+        finetune_learning_rate: float = 1e-4,
         seed: int = 13,
     ) -> None:
         self.taxonomy = taxonomy
@@ -119,6 +125,9 @@ class Categorizer(Stage[CategoryPrediction]):
         self.top_k = top_k
         self.min_per_class = min_per_class
         self.unknown_categories = unknown_categories
+        self.finetune_epochs = finetune_epochs
+        self.finetune_layers = finetune_layers
+        self.finetune_learning_rate = finetune_learning_rate
         self.seed = seed
 
     # ------------------------------------------------------------------ fit
@@ -139,6 +148,11 @@ class Categorizer(Stage[CategoryPrediction]):
             (self.c > 0, "c must be > 0"),
             (self.top_k >= 0, "top_k must be >= 0"),
             (self.unknown_categories in ("error", "skip"), "unknown_categories must be error or skip"),
+            (self.finetune_epochs >= 0, "finetune_epochs must be >= 0"),
+            (
+                self.finetune_epochs == 0 or self.encoder in ("auto", "minilm"),
+                "fine-tuning (finetune_epochs > 0) works on the minilm encoder; set encoder=minilm",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -184,6 +198,8 @@ class Categorizer(Stage[CategoryPrediction]):
 
         dev, train = self._split(labelled)
         info.update({"n_train": len(train), "n_dev": len(dev)})
+        if self.finetune_epochs and method == "supervised":
+            info["finetune"] = self._finetune(train, dev, Path(self._workdir.name))
         # Without a dev split: SVM margins are already on a useful scale; cosine similarities need sharpening
         # (0.05 is the usual temperature of contrastive sentence encoders).
         self.temperature_ = 1.0 if method == "supervised" else 0.05
@@ -276,7 +292,7 @@ class Categorizer(Stage[CategoryPrediction]):
                 )
             return self.encoder
         if method == "supervised":
-            return "none"
+            return "minilm" if self.finetune_epochs else "none"
         chinese = any(_CJK.search(c.path) for c in taxonomy) or any(
             _CJK.search(p.title) for p in products[:1000]
         )
@@ -293,6 +309,30 @@ class Categorizer(Stage[CategoryPrediction]):
             [p for i, p in enumerate(labelled) if i in dev_idx],
             [p for i, p in enumerate(labelled) if i not in dev_idx],
         )
+
+    def _finetune(self, train: Sequence[Product], dev: Sequence[Product], folder: Path) -> dict[str, Any]:
+        from shangpin.sentence import MiniLMSentenceEncoder
+        from shangpin.stages.categorize.finetune import export_finetuned, finetune_encoder
+
+        classes = {c: i for i, c in enumerate(sorted({p.category_path or "" for p in train}))}
+        dev = [p for p in dev if p.category_path in classes]
+        chars = 300 if self.use_description else 0
+        model, info = finetune_encoder(
+            [product_text(p, chars) for p in train],
+            [classes[p.category_path or ""] for p in train],
+            len(classes),
+            dev_texts=[product_text(p, chars) for p in dev],
+            dev_labels=[classes[p.category_path or ""] for p in dev],
+            trainable_layers=self.finetune_layers,
+            epochs=self.finetune_epochs,
+            learning_rate=self.finetune_learning_rate,
+            seed=self.seed,
+        )
+        export_finetuned(model, folder)
+        self._sentence = MiniLMSentenceEncoder(
+            folder / MiniLMSentenceEncoder.ONNX_FILE, folder / MiniLMSentenceEncoder.TOKENIZER_FILE
+        )
+        return info
 
     def _dense(self, products: Sequence[Product]) -> np.ndarray:
         assert self._sentence is not None
