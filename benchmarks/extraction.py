@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from shangpin.evaluate import ExtractionScorer
+from shangpin.evaluate import ExtractionScorer, with_unlisted_absent
 from shangpin.records import AttributeValue, Product
 from shangpin.stages.extract_attributes.encoding import find_value
 from shangpin.storage.catalog import product_to_input, read_products
@@ -73,11 +73,7 @@ def score_file(
             k: AttributeValue(k, v["value"], v["score"])
             for k, v in rows[g.product_id].get("attributes", {}).items()
         }
-        if unlisted_absent is not None:
-            attrs: dict[str, AttributeValue | None] = dict.fromkeys(unlisted_absent[g.category_path or ""])
-            attrs.update(g.attributes)
-            g = Product(g.product_id, g.title, category=g.category, attributes=attrs)
-        scorer.add(g, pred)
+        scorer.add(with_unlisted_absent(g, unlisted_absent), pred)
     return scorer.metrics()
 
 

@@ -119,6 +119,19 @@ class ExtractionScorer:
         return rows
 
 
+def with_unlisted_absent(gold: Product, unlisted_absent: Mapping[str, Iterable[str]] | None) -> Product:
+    """`gold` with every attribute known for its category but missing from its gold marked known absent.
+
+    The stricter reading of the ExtractGPT counting, in case held-out data lists absent attributes as "n/a":
+    a value predicted for such an attribute then counts as NV instead of being ignored.
+    """
+    if unlisted_absent is None:
+        return gold
+    attrs: dict[str, AttributeValue | None] = dict.fromkeys(unlisted_absent.get(gold.category_path or "", ()))
+    attrs.update(gold.attributes)
+    return dataclasses.replace(gold, attributes=attrs)
+
+
 def boundary_kind(gold: str, pred: str) -> str:
     """Classify a wrong value: prediction longer than gold (contains it), shorter (inside it), overlapping, other."""
     g, p = gold.lower(), pred.lower()

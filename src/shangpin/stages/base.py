@@ -48,9 +48,13 @@ class Params:
     """
 
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def _param_defaults(cls) -> dict[str, Any]:
         sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY)
+        return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return sorted(cls._param_defaults())
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         """Hyperparameters by name (the keyword-only arguments of __init__)."""
@@ -66,11 +70,7 @@ class Params:
         return self
 
     def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default
-            for p in inspect.signature(type(self).__init__).parameters.values()
-            if p.kind is p.KEYWORD_ONLY
-        }
+        defaults = self._param_defaults()
         changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v)
         return f"{type(self).__name__}({changed})"
 

@@ -26,7 +26,7 @@ import numpy as np
 from shangpin._util import atomic_write
 from shangpin.encoders import OnnxRunner, export_onnx, resolve_encoder
 from shangpin.errors import ConfigError, DataError
-from shangpin.evaluate import ExtractionScorer
+from shangpin.evaluate import ExtractionScorer, with_unlisted_absent
 from shangpin.records import AttributeValue, Event, Product, TextField
 from shangpin.stages.base import Stage, StageReport
 from shangpin.stages.extract_attributes.decoding import LabelSpace, decode, transitions
@@ -553,12 +553,6 @@ def _score(
     count as known absent (the stricter reading, in case held-out data lists absent attributes as n/a)."""
     scorer = ExtractionScorer()
     for g, p in zip(gold, preds, strict=True):
-        if unlisted_absent is not None:
-            attrs: dict[str, AttributeValue | None] = {
-                a: None for a in unlisted_absent.get(g.category_path or "", [])
-            }
-            attrs.update(g.attributes)
-            g = Product(product_id=g.product_id, title=g.title, category=g.category, attributes=attrs)
-        scorer.add(g, p)
+        scorer.add(with_unlisted_absent(g, unlisted_absent), p)
     m = scorer.metrics()
     return {k: round(v, 2) for k, v in m.items() if k.startswith(("micro", "macro"))}
