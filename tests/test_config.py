@@ -39,7 +39,7 @@ def test_overrides_are_typed() -> None:
             r"stages.extract_attributes.epoch: unknown key. Valid keys: .*epochs",
         ),
         ("stages.extract_attributes.epochs=three", r"expected int .* found str 'three'"),
-        ("stages.nope.x=1", r"unknown stage 'nope'. Available: extract_attributes"),
+        ("stages.nope.x=1", r"unknown stage 'nope'. Available: categorize, extract_attributes"),
         ("epochs", r"expected an override like"),
         ("pipeline.batch_size=0", r"positive integer"),
     ],
