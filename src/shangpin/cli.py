@@ -227,18 +227,21 @@ def extract(
     description: Annotated[str, typer.Option("--description", help="Product description.")] = "",
 ) -> None:
     """Extract attribute values from one product; JSON to stdout."""
+    out = _run_one(model, "extract_attributes", title=title, description=description, category=category)
+    out.setdefault("attributes", {})
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _run_one(model: Path, stage: str, title: str, **fields: str | None) -> dict[str, Any]:
+    """Run one stage of a model on one product given on the command line; the output contract as a dict."""
     from shangpin.pipeline import Pipeline
     from shangpin.storage.catalog import product_from_dict, product_to_output
 
     _setup_logging(False)
-    pipeline = Pipeline.load(model, stages=["extract_attributes"])
-    obj: dict[str, Any] = {"id": "cli", "title": title, "description": description}
-    if category:
-        obj["category"] = category
+    pipeline = Pipeline.load(model, stages=[stage])
+    obj: dict[str, Any] = {"id": "cli", "title": title, **{k: v for k, v in fields.items() if v}}
     product = next(pipeline.pipe([product_from_dict(obj, where="command line")]))
-    out = product_to_output(product, pipeline.assigns)
-    out.setdefault("attributes", {})
-    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    return product_to_output(product, pipeline.assigns)
 
 
 @app.command()
@@ -251,16 +254,8 @@ def categorize(
     ] = None,
 ) -> None:
     """Categorise one product; JSON to stdout (path, score, alternatives, levels, abstained)."""
-    from shangpin.pipeline import Pipeline
-    from shangpin.storage.catalog import product_from_dict, product_to_output
-
-    _setup_logging(False)
-    pipeline = Pipeline.load(model, stages=["categorize"])
-    obj: dict[str, Any] = {"id": "cli", "title": title, "description": description}
-    if breadcrumb:
-        obj["breadcrumb"] = breadcrumb
-    product = next(pipeline.pipe([product_from_dict(obj, where="command line")]))
-    typer.echo(json.dumps(product_to_output(product, pipeline.assigns), ensure_ascii=False, indent=2))
+    out = _run_one(model, "categorize", title=title, description=description, breadcrumb=breadcrumb)
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 
 @app.command()
