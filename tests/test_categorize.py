@@ -226,3 +226,21 @@ def test_finetuned_encoder_feeds_the_svm(tmp_path: Path) -> None:
     loaded = Categorizer.load(tmp_path / "cat")
     products = tiny_products(8, seed=3)
     assert [p.path for p in loaded.predict(products)] == [p.category_path for p in products]
+
+
+def test_cli_taxonomy_summary_and_lookup(tmp_path: Path) -> None:
+    tax = tmp_path / "paths.txt"
+    tax.write_text("\n".join(PATHS) + "\n")
+    r = runner.invoke(app, ["taxonomy", str(tax)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) | {"name": None} == {
+        "name": None,
+        "categories": 9,
+        "leaves": 4,
+        "depth": 3,
+        "per_level": {"1": 4, "2": 4, "3": 1},
+    }
+    r = runner.invoke(app, ["taxonomy", str(tax), "Home > Garden > Plants"])
+    assert json.loads(r.output)["ancestors"] == ["Home", "Home > Garden"]
+    r = runner.invoke(app, ["taxonomy", str(tax), "Home > Gardn"])
+    assert isinstance(r.exception, DataError) and "Did you mean 'Home > Garden'" in str(r.exception)

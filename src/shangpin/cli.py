@@ -259,6 +259,40 @@ def categorize(
 
 
 @app.command()
+def taxonomy(
+    source: Annotated[
+        Path, typer.Argument(help="Taxonomy file (Shopify, Google, Best Buy, paths) or Shopify folder.")
+    ],
+    query: Annotated[str | None, typer.Argument(help="A category path or id to look up.")] = None,
+    locale: Annotated[str | None, typer.Option("--locale", help="Shopify folder: en, zh-CN...")] = None,
+) -> None:
+    """Summarise a taxonomy, or show one category (id, path, level, ancestors, children, attributes); JSON."""
+    from shangpin.taxonomy import Taxonomy
+
+    _setup_logging(False)
+    tax = Taxonomy.load(source, locale=locale)
+    if query is None:
+        out: dict[str, Any] = {
+            "name": tax.name,
+            "categories": len(tax),
+            "leaves": len(tax.leaves()),
+            "depth": tax.depth,
+            "per_level": {k: len(tax.paths_at_level(k)) for k in range(1, tax.depth + 1)},
+        }
+    else:
+        cat = tax.get(query)
+        out = {
+            "id": cat.id,
+            "path": cat.path,
+            "level": cat.level,
+            "ancestors": [a.path for a in tax.ancestors(cat.id)],
+            "children": [c.path for c in tax.children(cat.id)],
+            "attributes": list(tax.attributes_for(cat.id)),
+        }
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@app.command()
 def view(
     out: Annotated[Path, typer.Argument(help="Output of 'predict' (JSONL).")],
     data: Annotated[Path | None, typer.Option("--data", "-d", help="The input file, to show titles.")] = None,
