@@ -58,8 +58,9 @@ class Categorizer(Stage[CategoryPrediction]):
     Args:
         taxonomy: taxonomy file or Shopify taxonomy folder (see `shangpin.taxonomy`); "" = the paths of the
             training data. Needed for zero-shot. Training categories must be in it (see `unknown_categories`).
-        method: "supervised", "prototypes" (zero/few-shot) or "auto": supervised once there are at least
-            `min_per_class` labelled products per candidate category on average, prototypes otherwise.
+        method: "supervised", "prototypes" (zero/few-shot) or "auto": supervised once the labelled products
+            number at least `min_per_class` per category seen among them (it can only predict those categories),
+            prototypes otherwise (any category of the taxonomy, improved by the few labels there are).
         encoder: sentence encoder: "none" (supervised only: TF-IDF alone, the fast path), "minilm", "use" or "auto"
             (prototypes: "use" when the taxonomy or products contain Chinese, else "minilm").
         use_description: read descriptions (the first `description_chars` characters).
@@ -104,7 +105,7 @@ class Categorizer(Stage[CategoryPrediction]):
         refit_full: bool = True,
         target_precision: float = 0.95,
         top_k: int = 4,
-        min_per_class: float = 5.0,
+        min_per_class: float = 20.0,
         unknown_categories: Literal["error", "skip"] = "error",
         finetune_epochs: int = 0,
         finetune_layers: int = 2,
@@ -167,11 +168,10 @@ class Categorizer(Stage[CategoryPrediction]):
         candidates = self._candidates(taxonomy, labelled)
         method = self.method
         if method == "auto":
-            enough = (
-                len(labelled) >= self.min_per_class * len(candidates)
-                and len({p.category_path for p in labelled}) >= 2
+            seen = len({p.category_path for p in labelled})
+            method = (
+                "supervised" if seen >= 2 and len(labelled) >= self.min_per_class * seen else "prototypes"
             )
-            method = "supervised" if enough else "prototypes"
         if method == "supervised" and len({p.category_path for p in labelled}) < 2:
             raise DataError(
                 f"supervised categorisation needs products of at least 2 categories, found "
