@@ -100,7 +100,8 @@ def train(
         field_map=_field_map(field_map),
     )
     info = stage.train_info_
-    typer.echo(f"trained '{stage.name}' on {info.get('n_train', '?')} products -> {model}/{stage.name}")
+    what = info.get("summary") or f"on {info.get('n_train', '?')} products"
+    typer.echo(f"trained '{stage.name}' ({what}) -> {model}/{stage.name}")
     dev = info.get("dev_metrics") or {}
     if dev:
         typer.echo("dev split: " + ", ".join(f"{k} {v:.2f}" for k, v in dev.items() if isinstance(v, float)))
