@@ -5,7 +5,7 @@ files, read by shangpin as they are). Rows, all in one run (`--rows` picks a sub
 
 - fast: `shangpin train --task categorize` with the default configuration (TF-IDF + linear SVM);
 - quality: the same with `--set encoder=minilm` (TF-IDF + MiniLM sentence vectors);
-- fasttext: a fastText classifier trained on the same file (title + breadcrumb + description, lower-cased,
+- fasttext: a fastText classifier trained on the same file (title + breadcrumb, lower-cased,
   whitespace-tokenised; label = the full path) in separate processes, scored with the same MWPD function;
 - zeroshot: a taxonomy file (the distinct paths of train.json, no products) and ~50 unlabelled train products,
   `--set method=prototypes` with each of `--zeroshot-encoders` (minilm, use);
@@ -226,8 +226,13 @@ def shangpin_row(
 
 
 def ft_text(title: str, breadcrumb: str, description: str) -> str:
-    """title + breadcrumb + description[:1000], lower-cased and whitespace-tokenised (one line, no newlines)."""
-    return " ".join(f"{title} {breadcrumb} {description[:1000]}".lower().split())
+    """title + breadcrumb, lower-cased and whitespace-tokenised (one line, no newlines).
+
+    The peer's better input: with description[:1000] added, fastText scored 77.6 weighted F1 on validation
+    against 82.1 without (measured with this script's settings), so the comparison uses its stronger setting.
+    """
+    del description
+    return " ".join(f"{title} {breadcrumb}".lower().split())
 
 
 def ft_label(path: str) -> str:
