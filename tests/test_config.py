@@ -60,3 +60,10 @@ def test_invalid_toml(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text("[stages\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(tmp_path / "c.toml")
+
+
+def test_default_config_lists_categorize_defaults() -> None:
+    from shangpin.stages.categorize import Categorizer
+
+    cfg = load_config(ROOT / "configs" / "default.toml")
+    assert build_stage("categorize", cfg).get_params() == Categorizer().get_params()
