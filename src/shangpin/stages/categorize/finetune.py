@@ -68,8 +68,14 @@ def finetune_encoder(
         mask = enc["attention_mask"].unsqueeze(-1).float()
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    params = [p for p in base.parameters() if p.requires_grad] + list(head.parameters())
-    optim = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    # The head starts from nothing and has hundreds of classes to learn: it gets 10x the encoder's rate.
+    optim = torch.optim.AdamW(
+        [
+            {"params": [p for p in base.parameters() if p.requires_grad], "lr": learning_rate},
+            {"params": list(head.parameters()), "lr": 10 * learning_rate},
+        ],
+        weight_decay=0.01,
+    )
     order = list(range(len(texts)))
     steps = epochs * ((len(order) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: max(0.0, 1.0 - s / max(1, steps)))
