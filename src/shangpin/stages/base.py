@@ -6,16 +6,18 @@ import abc
 import inspect
 import json
 import logging
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from shangpin._util import atomic_write, batched
-from shangpin.errors import IncompatibleModelError, NotFittedError
+from shangpin.errors import ConfigError, IncompatibleModelError, NotFittedError
 from shangpin.records import Event, Product
 
 P = TypeVar("P")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
@@ -124,6 +126,12 @@ class Stage(Params, abc.ABC, Generic[P]):
     def _load_state(self, path: Path) -> None:
         """Read the learned state written by `_save_state`."""
 
+    def _require(self, checks: Iterable[tuple[bool, str]]) -> None:
+        """Raise ConfigError with the message of the first failed (condition, message) hyperparameter check."""
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message, stage=self.name)
+
     def check_fitted(self) -> None:
         """Raise NotFittedError unless the stage can predict."""
         if not self.is_fitted():
@@ -184,6 +192,16 @@ class Stage(Params, abc.ABC, Generic[P]):
         stage._load_state(path)
         stage.train_info_ = meta.get("train", {})
         return stage
+
+
+def dev_split(
+    items: Sequence[T], fraction: float, rng: random.Random, minimum: int = 20
+) -> tuple[list[T], list[T]]:
+    """(dev, train), each in input order: `fraction` of `items` drawn with `rng` for dev; no dev under `minimum`."""
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    n_dev = int(round(fraction * len(items))) if len(items) >= minimum else 0
+    return [items[i] for i in sorted(order[:n_dev])], [items[i] for i in sorted(order[n_dev:])]
 
 
 def _jsonable(value: Any) -> Any:

@@ -38,7 +38,7 @@ from shangpin.sentence import (
     create_sentence_encoder,
     load_sentence_encoder,
 )
-from shangpin.stages.base import Stage, StageReport
+from shangpin.stages.base import Stage, StageReport, dev_split
 from shangpin.stages.categorize.features import SparseFeatures, category_text, product_text
 from shangpin.taxonomy import SEP, Taxonomy, split_path
 
@@ -157,9 +157,7 @@ class Categorizer(Stage[CategoryPrediction]):
                 "fine-tuning (finetune_epochs > 0) works on the minilm encoder; set encoder=minilm",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message, stage=self.name)
+        self._require(checks)
 
     def fit(self, products: Sequence[Product], events: Sequence[Event] = ()) -> Self:
         """Learn from products with a category (or, with a taxonomy and none labelled, set up zero-shot)."""
@@ -199,7 +197,7 @@ class Categorizer(Stage[CategoryPrediction]):
             self._sentence = create_sentence_encoder(self.encoder_kind_, Path(self._workdir.name))
 
         self._dense_cache: dict[int, np.ndarray] | None = {}
-        dev, train = self._split(labelled)
+        dev, train = dev_split(labelled, self.dev_fraction, random.Random(self.seed))
         info.update({"n_train": len(train), "n_dev": len(dev)})
         if self.finetune_epochs and method == "supervised":
             info["finetune"] = self._finetune(train, dev, Path(self._workdir.name))
@@ -311,18 +309,6 @@ class Categorizer(Stage[CategoryPrediction]):
             _CJK.search(p.title) for p in products[:1000]
         )
         return "use" if chinese else "minilm"
-
-    def _split(self, labelled: list[Product]) -> tuple[list[Product], list[Product]]:
-        n_dev = int(round(self.dev_fraction * len(labelled))) if len(labelled) >= 20 else 0
-        if n_dev == 0:
-            return [], labelled
-        order = list(range(len(labelled)))
-        random.Random(self.seed).shuffle(order)
-        dev_idx = set(order[:n_dev])
-        return (
-            [p for i, p in enumerate(labelled) if i in dev_idx],
-            [p for i, p in enumerate(labelled) if i not in dev_idx],
-        )
 
     def _finetune(self, train: Sequence[Product], dev: Sequence[Product], folder: Path) -> dict[str, Any]:
         from shangpin.sentence import MiniLMSentenceEncoder

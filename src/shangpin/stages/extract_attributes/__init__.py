@@ -28,7 +28,7 @@ from shangpin.encoders import OnnxRunner, export_onnx, resolve_encoder
 from shangpin.errors import ConfigError, DataError
 from shangpin.evaluate import ExtractionScorer, with_unlisted_absent
 from shangpin.records import AttributeValue, Event, Product, TextField
-from shangpin.stages.base import Stage, StageReport
+from shangpin.stages.base import Stage, StageReport, dev_split
 from shangpin.stages.extract_attributes.decoding import LabelSpace, decode, transitions
 from shangpin.stages.extract_attributes.encoding import (
     FIELDS,
@@ -158,9 +158,7 @@ class AttributeExtractor(Stage[Prediction]):
             (self.augment_swap >= 0, "augment_swap must be >= 0"),
             (self.threshold <= 1.0, "threshold must be <= 1 (negative = tune on dev)"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg, stage=self.name)
+        self._require(checks)
 
     def fit(self, products: Sequence[Product], events: Sequence[Event] = ()) -> Self:
         """Fine-tune on products with known attributes; calibrate and choose the threshold on a dev split."""
@@ -176,11 +174,7 @@ class AttributeExtractor(Stage[Prediction]):
             )
         encoder_path = resolve_encoder(self.encoder)
         rng = random.Random(self.seed)
-        order = list(range(len(labelled)))
-        rng.shuffle(order)
-        n_dev = int(round(self.dev_fraction * len(labelled))) if len(labelled) >= 20 else 0
-        dev = [labelled[i] for i in sorted(order[:n_dev])]
-        train = [labelled[i] for i in sorted(order[n_dev:])]
+        dev, train = dev_split(labelled, self.dev_fraction, rng)
         # Values seen in dev must not reach the dictionary before dev is scored; they are added afterwards.
         self._build_vocabulary(train, schema_from=labelled)
         self.encoder_ = Encoder(
