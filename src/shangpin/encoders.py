@@ -54,6 +54,13 @@ def num_threads() -> int:
     return max(1, min(8, cores))
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as float32 (all-zero rows stay zero), so dot products are cosines."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 def export_onnx(
     model: torch.nn.Module, out_file: Path, *, quantize: bool = True, output: str = "logits"
 ) -> Path:

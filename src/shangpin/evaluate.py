@@ -179,8 +179,16 @@ def _strip_outputs(product: Product, fields: set[str]) -> Product:
 
 
 def _level(path: str, k: int) -> str | None:
-    names = [n.strip() for n in path.split(">")]
-    return " > ".join(names[:k]) if len(names) >= k else None
+    from shangpin.taxonomy import SEP, split_path
+
+    names = split_path(path)
+    return SEP.join(names[:k]) if len(names) >= k else None
+
+
+def _depth(paths: Iterable[str]) -> int:
+    from shangpin.taxonomy import split_path
+
+    return max((len(split_path(p)) for p in paths), default=0)
 
 
 def category_scores(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
@@ -195,7 +203,7 @@ def category_scores(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float
     if len(gold) != len(pred):
         raise ValueError(f"expected as many predictions as gold paths, found {len(pred)} and {len(gold)}")
     out: dict[str, float] = {}
-    depth = max((len(g.split(">")) for g in gold), default=0)
+    depth = _depth(gold)
     f1s = []
     for k in range(1, depth + 1):
         pairs = [(gl, _level(p, k) or "") for g, p in zip(gold, pred, strict=True) if (gl := _level(g, k))]
@@ -232,9 +240,9 @@ def category_report(
     p_paths = [p.category_path or "" for _, p in pairs]
     report.metrics = category_scores(g_paths, p_paths)
     kept = [
-        (g, p)
-        for (g, p), (_, pp) in zip(zip(g_paths, p_paths, strict=True), pairs, strict=True)
-        if pp.category is not None and not pp.category.abstained
+        (g.category_path, p.category_path)
+        for g, p in pairs
+        if p.category is not None and not p.category.abstained
     ]
     report.metrics["coverage"] = 100 * len(kept) / len(pairs)
     report.metrics["precision_when_not_abstained"] = (
@@ -249,7 +257,7 @@ def category_report(
                 f"{sum(unknown.values())} gold products have a category that is not in the model's taxonomy "
                 f"{taxonomy.name} (the model cannot predict it): {top}."
             )
-    depth = max(len(g.split(">")) for g in g_paths)
+    depth = _depth(g_paths)
     rows: list[dict[str, Any]] = []
     for k in range(1, depth + 1):
         lv = [(gl, _level(p, k) or "") for g, p in zip(g_paths, p_paths, strict=True) if (gl := _level(g, k))]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from shangpin.encoders import num_threads
+from shangpin.encoders import l2_normalise, num_threads
 from shangpin.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -202,8 +202,7 @@ class ImageEncoder:
                 feats = self.session.run(None, {self.input_name: np.stack(pixels)})[0]
                 out[rows] = feats
         self.failed = failed
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.asarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+        return l2_normalise(out)
 
     def save(self, folder: Path) -> None:
         """Write what `load_image_encoder(folder)` needs (the ONNX file)."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from shangpin.encoders import num_threads, resolve_encoder
+from shangpin.encoders import l2_normalise, num_threads, resolve_encoder
 from shangpin.errors import ConfigError
 
 SENTENCE_ENCODERS = ("minilm", "use")
@@ -34,12 +34,6 @@ class SentenceEncoder(Protocol):
     def save(self, folder: Path) -> None:
         """Write what `load_sentence_encoder(kind, folder)` needs."""
         ...
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class MiniLMSentenceEncoder:
@@ -101,7 +95,7 @@ class MiniLMSentenceEncoder:
             )[0]
             m = mask[:, :, None].astype(np.float32)
             out[idx] = (hidden * m).sum(1) / np.maximum(m.sum(1), 1.0)
-        return _normalise(out)
+        return l2_normalise(out)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +128,7 @@ class USESentenceEncoder:
             self.model.encode([t or " " for t in texts[i : i + self.batch_size]])
             for i in range(0, len(texts), self.batch_size)
         ]
-        return _normalise(np.vstack(parts))
+        return l2_normalise(np.vstack(parts))
 
     def save(self, folder: Path) -> None:
         """Nothing to write: the weights ship with the package."""

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 
 from shangpin._util import atomic_write
+from shangpin.encoders import l2_normalise
 from shangpin.errors import ConfigError, DataError
 from shangpin.records import CategoryPrediction, Event, Product, ScoredLabel
 from shangpin.sentence import (
@@ -167,15 +168,15 @@ class Categorizer(Stage[CategoryPrediction]):
         labelled, skipped = self._check_categories(labelled, taxonomy)
         candidates = self._candidates(taxonomy, labelled)
         method = self.method
+        seen = len({p.category_path for p in labelled})
         if method == "auto":
-            seen = len({p.category_path for p in labelled})
             method = (
                 "supervised" if seen >= 2 and len(labelled) >= self.min_per_class * seen else "prototypes"
             )
-        if method == "supervised" and len({p.category_path for p in labelled}) < 2:
+        if method == "supervised" and seen < 2:
             raise DataError(
                 f"supervised categorisation needs products of at least 2 categories, found "
-                f"{len({p.category_path for p in labelled})}; add labelled products or pass a taxonomy "
+                f"{seen}; add labelled products or pass a taxonomy "
                 "(--taxonomy FILE) for zero-shot",
                 stage=self.name,
             )
@@ -262,16 +263,13 @@ class Categorizer(Stage[CategoryPrediction]):
         if not unknown:
             return labelled, 0
         counts = Counter(p.category_path for p in unknown)
-        examples = "; ".join(
-            f"'{path}' ({n} products, e.g. id {next(p.product_id for p in unknown if p.category_path == path)}"
-            + (
-                f"; closest: {', '.join(repr(s) for s in taxonomy.suggest(path or '', 2))}"
-                if taxonomy.suggest(path or "", 2)
-                else ""
-            )
-            + ")"
-            for path, n in counts.most_common(3)
-        )
+        parts = []
+        for path, n in counts.most_common(3):
+            example = next(p.product_id for p in unknown if p.category_path == path)
+            closest = taxonomy.suggest(path or "", 2)
+            hint = f"; closest: {', '.join(repr(s) for s in closest)}" if closest else ""
+            parts.append(f"'{path}' ({n} products, e.g. id {example}{hint})")
+        examples = "; ".join(parts)
         message = (
             f"{len(unknown)} of {len(labelled)} labelled products have a category that is not in the taxonomy "
             f"{taxonomy.name} ({len(counts)} distinct): {examples}"
@@ -316,12 +314,11 @@ class Categorizer(Stage[CategoryPrediction]):
 
         classes = {c: i for i, c in enumerate(sorted({p.category_path or "" for p in train}))}
         dev = [p for p in dev if p.category_path in classes]
-        chars = 300 if self.use_description else 0
         model, info = finetune_encoder(
-            [product_text(p, chars) for p in train],
+            [self._vector_text(p) for p in train],
             [classes[p.category_path or ""] for p in train],
             len(classes),
-            dev_texts=[product_text(p, chars) for p in dev],
+            dev_texts=[self._vector_text(p) for p in dev],
             dev_labels=[classes[p.category_path or ""] for p in dev],
             trainable_layers=self.finetune_layers,
             epochs=self.finetune_epochs,
@@ -334,12 +331,16 @@ class Categorizer(Stage[CategoryPrediction]):
         )
         return info
 
+    def _vector_text(self, product: Product) -> str:
+        """What the sentence encoder reads: title, breadcrumb and the description's first 300 characters."""
+        return product_text(product, 300 if self.use_description else 0)
+
     def _dense(self, products: Sequence[Product]) -> np.ndarray:
         """Sentence vectors; during `fit` each product is encoded once, although it is used twice (dev, refit)."""
         assert self._sentence is not None
         cache: dict[int, np.ndarray] | None = getattr(self, "_dense_cache", None)
         missing = [p for p in products if cache is None or id(p) not in cache]
-        vecs = self._sentence.encode([product_text(p, 300 if self.use_description else 0) for p in missing])
+        vecs = self._sentence.encode([self._vector_text(p) for p in missing])
         if cache is None:
             return vecs
         cache.update(zip(map(id, missing), vecs, strict=True))
@@ -381,7 +382,7 @@ class Categorizer(Stage[CategoryPrediction]):
             vecs = self._dense(products)
             for vec, p in zip(vecs, products, strict=True):
                 protos[self._class_index[p.category_path or ""]] += vec
-            protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+            protos = l2_normalise(protos)
         self._prototypes = protos
         self._features = None  # type: ignore[assignment]
 
