@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +63,23 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(
-    model: torch.nn.Module, out_file: Path, *, quantize: bool = True, output: str = "logits"
+    model: torch.nn.Module,
+    out_file: Path,
+    *,
+    quantize: bool = True,
+    output: str = "logits",
+    calibration: Sequence[dict[str, np.ndarray]] = (),
 ) -> Path:
     """Export a BERT-style model to ONNX (dynamic batch and length), int8 per-channel if asked.
 
     The model takes input_ids, attention_mask and token_type_ids; the graph's single output is the attribute
     `output` of the model's output ("logits" for task heads, "last_hidden_state" for a bare encoder).
+
+    With `calibration` batches (feeds of typical inputs) activations are quantised statically, with ranges fixed
+    from those batches: a product's output then does not depend on which other products share its batch. Without
+    them quantisation is dynamic (per-batch activation ranges), measured on an OA-Mine extraction model to change
+    the extracted values of 18 % of titles between batch size 1 and 290; static: identical values, dev micro-F1
+    76.14 vs 76.04 dynamic and 76.02 fp32, 7 % slower than dynamic, 29 % faster than fp32 (docs/BENCHMARKS.md).
     """
     import torch
 
@@ -106,12 +118,53 @@ def export_onnx(
             opset_version=17,
             dynamo=False,
         )
-    if quantize:
+    if quantize and calibration:
+        _quantize_static(fp32, out_file, calibration)
+        fp32.unlink()
+    elif quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(fp32), str(out_file), weight_type=QuantType.QInt8, per_channel=True)
         fp32.unlink()
     return out_file
+
+
+def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
+    """int8 per-channel weights, uint8 activations with min/max ranges from `calibration` (QOperator format,
+    MatMul and embedding Gather only: the ops that run faster quantised on CPU)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    prepared = out_file.with_suffix(".prep.onnx")
+    try:
+        # Symbolic shape inference cannot resolve the attention reshapes of this export; ONNX's own suffices.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_file),
+            _Reader(),
+            quant_format=QuantFormat.QOperator,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gather"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
 
 
 class OnnxRunner:

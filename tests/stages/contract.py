@@ -74,8 +74,9 @@ def check_overfits(stage: Stage[Any], products: list[Product], minimum: float = 
     assert report.metrics[stage.headline_metric] >= minimum, report.metrics
 
 
-SCORE_TOLERANCE = 0.01
-"""Padding changes matrix shapes, so scores may move in the third decimal with the batch size; values may not."""
+SCORE_TOLERANCE = 1e-3
+"""Padding changes matrix shapes, so float sums may round differently with the batch size; beyond that a
+product's output must not depend on its batch (int8 models use static activation ranges for this)."""
 
 
 def assert_close(a: Any, b: Any, tol: float) -> None:
