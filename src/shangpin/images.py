@@ -94,6 +94,33 @@ def _rgb(image: PILImage.Image) -> PILImage.Image:
     return image.convert("RGB")
 
 
+COLOUR_BINS = (12, 3, 3)
+"""Hue x saturation x value bins of the colour histogram (108 values)."""
+
+
+def colour_histogram(pixels: np.ndarray) -> np.ndarray:
+    """Normalised HSV histogram of the central 60 % of an RGB uint8 image (where the product usually is)."""
+    h, w = pixels.shape[:2]
+    crop = (
+        pixels[int(h * 0.2) : int(h * 0.8), int(w * 0.2) : int(w * 0.8)].reshape(-1, 3).astype(np.float32)
+        / 255
+    )
+    r, g, b = crop[:, 0], crop[:, 1], crop[:, 2]
+    mx, mn = crop.max(axis=1), crop.min(axis=1)
+    delta = mx - mn
+    safe = np.where(delta == 0, 1.0, delta)
+    hue = (
+        np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    )
+    hue = np.where(delta == 0, 0.0, hue)
+    sat = np.where(mx == 0, 0.0, delta / np.where(mx == 0, 1.0, mx))
+    hist, _ = np.histogramdd(
+        np.stack([hue, sat, mx], axis=1), bins=COLOUR_BINS, range=((0, 1), (0, 1), (0, 1))
+    )
+    flat = hist.ravel().astype(np.float32)
+    return flat / max(float(flat.sum()), 1.0)
+
+
 class ImageEncoder:
     """Image paths -> L2-normalised 1280-d EfficientNet-Lite0 features, run by ONNX Runtime on CPU.
 
@@ -187,7 +214,13 @@ class ImageEncoder:
 
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
         """One L2-normalised float32 row per path; a zero row where the image could not be read."""
+        return self.encode_with_colour(paths)[0]
+
+    def encode_with_colour(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode`'s features plus a normalised HSV colour histogram of each image's centre (zeros where
+        unreadable): EfficientNet's ImageNet features hardly encode the hue that a colour attribute needs."""
         out = np.zeros((len(paths), self.dim), dtype=np.float32)
+        colours = np.zeros((len(paths), int(np.prod(COLOUR_BINS))), dtype=np.float32)
         failed: list[str] = []
         for start in range(0, len(paths), self.batch_size):
             rows, pixels = [], []
@@ -198,11 +231,12 @@ class ImageEncoder:
                 else:
                     rows.append(i)
                     pixels.append(arr)
+                    colours[i] = colour_histogram(arr)
             if pixels:
                 feats = self.session.run(None, {self.input_name: np.stack(pixels)})[0]
                 out[rows] = feats
         self.failed = failed
-        return l2_normalise(out)
+        return l2_normalise(out), colours
 
     def save(self, folder: Path) -> None:
         """Write what `load_image_encoder(folder)` needs (the ONNX file)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Source = Literal["text", "predicted", "given"]
+Source = Literal["text", "predicted", "given", "rule"]
 TextField = Literal["title", "description"]
 
 
@@ -22,8 +22,9 @@ class AttributeValue:
     """One attribute value.
 
     `source` is "text" when the value is a span of the product text (then `field`, `start`, `end` locate it:
-    ``getattr(product, field)[start:end] == value``), "predicted" when a model inferred it without a span, and
-    "given" when it came with the input (gold labels, merchant data).
+    ``getattr(product, field)[start:end] == value``), "predicted" when a model inferred it without a span,
+    "given" when it came with the input (gold labels, merchant data) and "rule" when a business rule's default
+    filled it.
     """
 
     name: str
@@ -34,7 +35,17 @@ class AttributeValue:
     start: int | None = None
     end: int | None = None
     alternatives: tuple[str, ...] = ()
-    """Other acceptable values (gold data may list several)."""
+    """Gold: other acceptable values. A text value in conflict with a confident model: the model's value."""
+    values: tuple[str, ...] = ()
+    """A multi-valued attribute's values, `value` first (empty for single-valued attributes)."""
+    canonical: str | None = None
+    """The value in the canonical vocabulary, when normalisation changed it ("navy" -> "Navy Blue")."""
+    conflict: bool = False
+    """A text value that a model contradicts with high confidence (see `alternatives`): worth a human look."""
+    rule: str | None = None
+    """Why a business rule changed, lowered or rejected this value."""
+    rejected: bool = False
+    """A business rule rejected the value; it is kept, with `rule` saying why, so nothing disappears silently."""
 
 
 @dataclass(frozen=True, slots=True)

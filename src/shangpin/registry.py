@@ -23,17 +23,28 @@ def _extract_attributes() -> type[Stage[Any]]:
     return AttributeExtractor
 
 
+def _predict_attributes() -> type[Stage[Any]]:
+    from shangpin.stages.predict_attributes import AttributePredictor
+
+    return AttributePredictor
+
+
 # Alphabetical; the pipeline order is STAGE_ORDER below.
 _STAGES: dict[str, Callable[[], type[Stage[Any]]]] = {
     "categorize": _categorize,
     "extract_attributes": _extract_attributes,
+    "predict_attributes": _predict_attributes,
 }
 
 # Order in which stages run when several are in one model (earlier stages feed later ones).
 STAGE_ORDER: tuple[str, ...] = ("categorize", "extract_attributes", "predict_attributes", "recommend_tags")
 
 # `shangpin train --task WORD` -> stage kind.
-TASKS: dict[str, str] = {"categorize": "categorize", "extract": "extract_attributes"}
+TASKS: dict[str, str] = {
+    "categorize": "categorize",
+    "extract": "extract_attributes",
+    "attributes": "predict_attributes",
+}
 
 
 def available_stages() -> list[str]:

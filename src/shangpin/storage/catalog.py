@@ -317,7 +317,8 @@ def product_to_output(product: Product, fields: Iterable[str]) -> dict[str, Any]
         if c.levels:
             out["category"]["levels"] = [{"path": lv.label, "score": round(lv.score, 4)} for lv in c.levels]
     attrs: dict[str, Any] = {}
-    for source_field in ("predicted", "extracted"):  # text spans win over predictions of the same name
+    # `predict_attributes` merges the extracted values into its own output, so it has the last word.
+    for source_field in ("extracted", "predicted"):
         if source_field in fields:
             for name, av in getattr(product, source_field).items():
                 attrs[name] = attribute_to_dict(av)
@@ -330,9 +331,19 @@ def product_to_output(product: Product, fields: Iterable[str]) -> dict[str, Any]
 
 def attribute_to_dict(av: AttributeValue) -> dict[str, Any]:
     """One attribute value in the output contract."""
-    d: dict[str, Any] = {"value": av.value, "score": round(av.score, 4), "source": av.source}
+    d: dict[str, Any] = {"value": av.value or None, "score": round(av.score, 4), "source": av.source}
     if av.field is not None:
         d.update({"field": av.field, "start": av.start, "end": av.end})
+    if av.values:
+        d["values"] = list(av.values)
+    if av.canonical is not None:
+        d["canonical"] = av.canonical
+    if av.conflict:
+        d.update({"conflict": True, "predicted_value": av.alternatives[0] if av.alternatives else None})
+    if av.rule is not None:
+        d["rule"] = av.rule
+    if av.rejected:
+        d["rejected"] = True
     return d
 
 
