@@ -67,3 +67,10 @@ def test_default_config_lists_categorize_defaults() -> None:
 
     cfg = load_config(ROOT / "configs" / "default.toml")
     assert build_stage("categorize", cfg).get_params() == Categorizer().get_params()
+
+
+def test_default_config_matches_predict_attributes_signature() -> None:
+    from shangpin.stages.predict_attributes import AttributePredictor
+
+    cfg = load_config(ROOT / "configs" / "default.toml")
+    assert build_stage("predict_attributes", cfg).get_params() == AttributePredictor().get_params()

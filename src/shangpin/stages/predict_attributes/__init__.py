@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import tempfile
 import time
 from collections import Counter
@@ -60,13 +61,15 @@ class AttributePredictor(Stage[Prediction]):
         image: "auto" (use images when at least `min_images` labelled products have one), "on" or "off".
         min_images: labelled products with images needed to train the image model.
         char_ngrams: add title character 2-5 grams to the text features.
+        mentions: add, per attribute, one feature per value saying whether the title names it.
         C: regularisation of the linear text model (larger = less).
         class_weight: "auto" (choose "balanced" or none per attribute on the dev split, by macro-F1),
             "balanced" or "none".
         threshold: predicted values scoring below it are not output.
         conflict_threshold: a text value is flagged `conflict` when the model gives another value at least this.
-        synonyms: a synonym/unit file (see `shangpin.normalize`); copied into the model.
-        rules: a business rules file (see `shangpin.rules`); copied into the model.
+        synonyms_file: a synonym/unit file (see `shangpin.normalize`); read at training, kept in the model.
+        rules_file: a business rules file (see `shangpin.rules`); read at training, kept in the model (edit
+            rules.json in the model folder to change them without retraining).
         dev_fraction: share of labelled products held out to choose the class weighting and fit temperatures.
         folds: folds of the out-of-fold predictions that fit the fusion weights.
         seed: seeds the dev split and the folds.
@@ -96,12 +99,13 @@ class AttributePredictor(Stage[Prediction]):
         image: str = "auto",
         min_images: int = 20,
         char_ngrams: bool = False,
+        mentions: bool = True,
         C: float = 1.0,
         class_weight: str = "auto",
         threshold: float = 0.0,
         conflict_threshold: float = 0.9,
-        synonyms: str | None = None,
-        rules: str | None = None,
+        synonyms_file: str = "",
+        rules_file: str = "",
         dev_fraction: float = 0.1,
         folds: int = 5,
         seed: int = 13,
@@ -116,12 +120,13 @@ class AttributePredictor(Stage[Prediction]):
         self.image = image
         self.min_images = min_images
         self.char_ngrams = char_ngrams
+        self.mentions = mentions
         self.C = C
         self.class_weight = class_weight
         self.threshold = threshold
         self.conflict_threshold = conflict_threshold
-        self.synonyms = synonyms
-        self.rules = rules
+        self.synonyms_file = synonyms_file
+        self.rules_file = rules_file
         self.dev_fraction = dev_fraction
         self.folds = folds
         self.seed = seed
@@ -140,8 +145,8 @@ class AttributePredictor(Stage[Prediction]):
                 (self.min_images >= 4, "min_images must be >= 4"),
                 (self.C > 0, "C must be > 0"),
                 (
-                    self.class_weight in ("auto", "balanced", "none"),
-                    f"class_weight must be 'auto', 'balanced' or 'none', found {self.class_weight!r}",
+                    self.class_weight in ("auto", "balanced", "sqrt", "none"),
+                    f"class_weight must be 'auto', 'balanced', 'sqrt' or 'none', found {self.class_weight!r}",
                 ),
                 (0 <= self.threshold <= 1, "threshold must be in [0, 1]"),
                 (0 < self.conflict_threshold <= 1, "conflict_threshold must be in (0, 1]"),
@@ -155,7 +160,9 @@ class AttributePredictor(Stage[Prediction]):
         """Learn the vocabulary, the text and image models per attribute, and the fusion weights."""
         self._validate()
         t0 = time.perf_counter()
-        self.normalizer_ = Normalizer.from_file(Path(self.synonyms)) if self.synonyms else Normalizer()
+        self.normalizer_ = (
+            Normalizer.from_file(Path(self.synonyms_file)) if self.synonyms_file else Normalizer()
+        )
         self.normalizer_.learn(
             (name, v)
             for p in products
@@ -163,7 +170,7 @@ class AttributePredictor(Stage[Prediction]):
             if av is not None
             for v in (av.value, *av.alternatives)
         )
-        self.ruleset_ = RuleSet.from_file(Path(self.rules)) if self.rules else RuleSet()
+        self.ruleset_ = RuleSet.from_file(Path(self.rules_file)) if self.rules_file else RuleSet()
         self.targets_: dict[str, dict[str, Any]] = {}
         skipped = self._choose_targets(products)
         if not self.targets_:
@@ -204,7 +211,11 @@ class AttributePredictor(Stage[Prediction]):
             text_rows = [i for i, p in enumerate(labelled) if id(p) in row_of]
             a_info: dict[str, Any] = {"n_labelled": len(labelled), "classes": len(target["classes"])}
             if X_all is not None and text_rows and X_all.shape[1]:
-                X = X_all[[row_of[id(labelled[i])] for i in text_rows]]
+                X = self._mentions(
+                    name,
+                    X_all[[row_of[id(labelled[i])] for i in text_rows]],
+                    [labelled[i] for i in text_rows],
+                )
                 a_info.update(self._fit_text(name, X, y[text_rows], rng))
             img_rows = [i for i, p in enumerate(labelled) if p.image and images.get(p.image) is not None]
             if images and len(img_rows) >= self.min_images:
@@ -262,7 +273,7 @@ class AttributePredictor(Stage[Prediction]):
             if n_labelled[name] < self.min_products:
                 skipped[name] = f"{n_labelled[name]} labelled products"
             elif len(classes) < 2:
-                skipped[name] = f"{len(classes)} value seen >= {self.min_count} times"
+                skipped[name] = f"{len(classes)} values seen >= {self.min_count} times (an open value set?)"
             elif covered < self.coverage * n_labelled[name]:
                 skipped[name] = (
                     f"open value set ({covered / n_labelled[name]:.0%} of products in frequent values)"
@@ -294,12 +305,47 @@ class AttributePredictor(Stage[Prediction]):
         return np.array([t["index"][self._gold(p, name)[0]] for p in labelled])
 
     # --- text model
-    def _text_model(self, multi: bool, class_weight: str) -> Any:
+    def _text_model(self, multi: bool, class_weight: str, y: np.ndarray) -> Any:
         from sklearn.multiclass import OneVsRestClassifier
         from sklearn.svm import LinearSVC
 
-        svc = LinearSVC(C=self.C, class_weight=None if class_weight == "none" else "balanced")
+        weights: Any = None
+        if class_weight == "balanced" or (class_weight == "sqrt" and multi):
+            weights = "balanced"
+        elif class_weight == "sqrt":  # halfway (geometrically) between none and balanced
+            values, counts = np.unique(y, return_counts=True)
+            weights = {
+                int(v): float(np.sqrt(len(y) / (len(values) * c)))
+                for v, c in zip(values, counts, strict=True)
+            }
+        svc = LinearSVC(C=self.C, class_weight=weights, max_iter=5000)
         return OneVsRestClassifier(svc) if multi else svc
+
+    def _mentions(self, name: str, X: Any, products: Sequence[Product]) -> Any:
+        """X plus one column per value of the attribute: 1 where the value is written in the title.
+
+        A value named in the title is strong evidence whatever the words around it; measured on the fashion dev
+        split it lifted colour macro-F1 (docs/BENCHMARKS.md)."""
+        if not self.mentions:
+            return X
+        from scipy.sparse import csr_matrix, hstack
+
+        t = self.targets_[name]
+        if "patterns" not in t:
+            t["patterns"] = [
+                re.compile(r"(?<!\w)" + re.escape(c.casefold()) + r"(?!\w)") for c in t["classes"]
+            ]
+        rows, cols = [], []
+        for i, p in enumerate(products):
+            title = p.title.casefold()
+            for k, pattern in enumerate(t["patterns"]):
+                if pattern.search(title):
+                    rows.append(i)
+                    cols.append(k)
+        M = csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(products), len(t["classes"]))
+        )
+        return hstack([X, M], format="csr")
 
     def _fit_text(self, name: str, X: Any, y: np.ndarray, rng: random.Random) -> dict[str, Any]:
         t = self.targets_[name]
@@ -310,13 +356,13 @@ class AttributePredictor(Stage[Prediction]):
         trainable = dev and len(np.unique(y[train], axis=0)) >= 2
         if trainable:
             for cw in options:
-                model = self._text_model(t["multi"], cw).fit(X[train], y[train])
+                model = self._text_model(t["multi"], cw, y[train]).fit(X[train], y[train])
                 margins = _margins(model, X[dev], len(t["classes"]))
                 f1 = _macro_f1(y[dev], margins, t["multi"])
                 if f1 > best:
                     chosen, best, dev_scores = cw, f1, margins
         t["class_weight"] = chosen
-        t["text"] = self._text_model(t["multi"], chosen).fit(X, y)
+        t["text"] = self._text_model(t["multi"], chosen, y).fit(X, y)
         if dev_scores is not None:
             t["t_text"] = _fit_weights([dev_scores], y[dev], t["multi"])
         else:
@@ -388,10 +434,13 @@ class AttributePredictor(Stage[Prediction]):
             if has_t.any():
                 held = {img_rows[i] for i in fold}
                 keep = [i for i in range(len(labelled)) if text_idx[i] >= 0 and i not in held]
-                model = self._text_model(t["multi"], t["class_weight"]).fit(X_all[text_idx[keep]], y[keep])
+                Xk = self._mentions(name, X_all[text_idx[keep]], [labelled[i] for i in keep])
+                model = self._text_model(t["multi"], t["class_weight"], y[keep]).fit(Xk, y[keep])
                 rows = [i for i in fold if has_t[i]]
                 if rows:
-                    m_text[rows] = _margins(model, X_all[text_idx[[img_rows[i] for i in rows]]], K)
+                    chosen = [img_rows[i] for i in rows]
+                    Xr = self._mentions(name, X_all[text_idx[chosen]], [labelled[i] for i in chosen])
+                    m_text[rows] = _margins(model, Xr, K)
         filled = p_img.sum(axis=1) > 0
         t["image_model"] = self._image_model(t["multi"]).fit(Z, yz)
         t["t_image"] = _fit_weights([np.log(p_img[filled])], yz[filled], t["multi"])
@@ -442,7 +491,8 @@ class AttributePredictor(Stage[Prediction]):
             margins = np.zeros((len(products), K))
             text_ok = np.zeros(len(products), dtype=bool)
             if X is not None and "text" in t:
-                margins[texted] = _margins(t["text"], X, K)
+                Xa = self._mentions(name, X, [products[i] for i in texted])
+                margins[texted] = _margins(t["text"], Xa, K)
                 text_ok[texted] = True
             logp = np.zeros((len(products), K))
             img_ok = np.zeros(len(products), dtype=bool)
@@ -629,7 +679,7 @@ class AttributePredictor(Stage[Prediction]):
 
         state = {
             "targets": {
-                n: {k: v for k, v in t.items() if k not in ("text", "image_model", "index")}
+                n: {k: v for k, v in t.items() if k not in ("text", "image_model", "index", "patterns")}
                 for n, t in self.targets_.items()
             },
             "normalizer": self.normalizer_.to_dict(),

@@ -33,10 +33,18 @@ class TextFeatures:
     Args:
         inputs: given attributes used as features (never an attribute the stage predicts).
         char_ngrams: add title character 2-5 grams.
+        crosses: add each input value crossed with the leaf category (a linear model cannot form the product).
     """
 
-    def __init__(self, inputs: Sequence[str] = (), char_ngrams: bool = False, description_chars: int = 1000):
+    def __init__(
+        self,
+        inputs: Sequence[str] = (),
+        char_ngrams: bool = False,
+        description_chars: int = 1000,
+        crosses: bool = True,
+    ):
         self.inputs = list(inputs)
+        self.crosses = crosses
         self.char_ngrams = char_ngrams
         self.description_chars = description_chars
         self.vectorizers: list[tuple[str, Any]] = []
@@ -50,14 +58,17 @@ class TextFeatures:
             return [p.description[: self.description_chars] for p in products]
         if name == "category":
             return [_category_tokens(p.category_path) for p in products]
-        return [
-            "\t".join(
+        rows = []
+        for p in products:
+            given = [
                 f"{a}={av.value}".casefold()
                 for a in self.inputs
                 if (av := p.attributes.get(a)) is not None and av.value
-            )
-            for p in products
-        ]
+            ]
+            # Crossed with the leaf category: "season" follows "year" differently for shirts and for sandals.
+            leaf = split_path(p.category_path)[-1].casefold() if p.category_path else ""
+            rows.append("\t".join(given + ([f"{leaf}|{g}" for g in given] if self.crosses and leaf else [])))
+        return rows
 
     def fit_transform(self, products: Sequence[Product]) -> Any:
         from scipy.sparse import csr_matrix, hstack
