@@ -63,8 +63,8 @@ class AttributePredictor(Stage[Prediction]):
         char_ngrams: add title character 2-5 grams to the text features.
         mentions: add, per attribute, one feature per value saying whether the title names it.
         C: regularisation of the linear text model (larger = less).
-        class_weight: "auto" (choose "balanced" or none per attribute on the dev split, by macro-F1),
-            "balanced" or "none".
+        class_weight: "auto" (choose none, "sqrt" or "balanced" per attribute on the dev split, by macro-F1),
+            "balanced", "sqrt" (square root of the balanced weights) or "none".
         threshold: predicted values scoring below it are not output.
         conflict_threshold: a text value is flagged `conflict` when the model gives another value at least this.
         synonyms_file: a synonym/unit file (see `shangpin.normalize`); read at training, kept in the model.
@@ -204,8 +204,9 @@ class AttributePredictor(Stage[Prediction]):
         row_of = {id(p): i for i, p in enumerate(texted)}
         images = self._image_vectors(products)
         info: dict[str, Any] = {"n_products": len(products), "inputs": inputs, "attributes": {}}
-        rng = random.Random(self.seed)
         for name, target in self.targets_.items():
+            # One generator per attribute: its dev split does not depend on which other attributes are predicted.
+            rng = random.Random(f"{self.seed}:{name}")
             labelled = [p for p in products if self._gold(p, name)]
             y = self._targets(labelled, name)
             text_rows = [i for i, p in enumerate(labelled) if id(p) in row_of]
@@ -351,7 +352,7 @@ class AttributePredictor(Stage[Prediction]):
         t = self.targets_[name]
         idx = list(range(X.shape[0]))
         dev, train = dev_split(idx, self.dev_fraction, rng)
-        options = ["none", "balanced"] if self.class_weight == "auto" else [self.class_weight]
+        options = ["none", "sqrt", "balanced"] if self.class_weight == "auto" else [self.class_weight]
         chosen, best, dev_scores = options[0], -1.0, None
         trainable = dev and len(np.unique(y[train], axis=0)) >= 2
         if trainable:
@@ -397,11 +398,15 @@ class AttributePredictor(Stage[Prediction]):
         return OneVsRestClassifier(lr) if multi else lr
 
     def _image_proba(self, model: Any, Z: np.ndarray, n_classes: int) -> np.ndarray:
-        """Probabilities over all classes (classes the image model never saw get _EPS)."""
-        out = np.full((Z.shape[0], n_classes), _EPS, dtype=np.float64)
-        proba = model.predict_proba(Z)
-        out[:, np.asarray(model.classes_)] = proba
-        return np.clip(out, _EPS, 1 - _EPS)
+        """Probabilities over all classes. A class the image model never saw (rare values are often missing from
+        the few products with images) gets the geometric mean of the row's other classes: neutral in the fused
+        log-linear score instead of a penalty that would suppress rare values the text names."""
+        proba = np.clip(model.predict_proba(Z), _EPS, 1 - _EPS)
+        seen = np.asarray(model.classes_)
+        neutral = np.exp(np.log(proba).mean(axis=1, keepdims=True))
+        out = np.repeat(neutral, n_classes, axis=1)
+        out[:, seen] = proba
+        return out
 
     def _fit_image(
         self,
