@@ -38,7 +38,8 @@ def test_reads_contract_fields(tmp_path: Path) -> None:
         "image": "a.jpg",
     }
     (p,) = read_products(write(tmp_path / "a.jsonl", [json.dumps(row)]))
-    assert p.product_id == "p1" and p.description == "Nice" and p.image == "a.jpg"
+    # A relative image path is relative to the data file's folder.
+    assert p.product_id == "p1" and p.description == "Nice" and p.image == str(tmp_path / "a.jpg")
     assert p.category_path == "Apparel > Shoes"
     assert p.attributes["Color"] == AttributeValue(name="Color", value="Red")
     assert p.attributes["Size"] is None
@@ -152,3 +153,15 @@ def test_output_contract_merges_text_and_predicted() -> None:
             },
         },
     }
+
+
+def test_image_only_products_and_image_urls(tmp_path: Path) -> None:
+    rows = [
+        json.dumps({"id": "a", "image": "photos/a.jpg"}),
+        json.dumps({"id": "b", "title": "", "image": "https://x/b.jpg"}),
+    ]
+    a, b = read_products(write(tmp_path / "p.jsonl", rows))
+    assert a.title == "" and a.image == str(tmp_path / "photos" / "a.jpg")
+    assert b.image == "https://x/b.jpg"
+    with pytest.raises(DataError, match="missing 'title'.*title may be left out when image is given"):
+        list(read_products(write(tmp_path / "q.jsonl", [json.dumps({"id": "c"})])))

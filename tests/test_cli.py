@@ -175,7 +175,10 @@ def test_unknown_task_exit_2(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2 and "unknown task 'nope'. Available: attributes, categorize, extract" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "unknown task 'nope'. Available: attributes, categorize, extract" in proc.stderr
+    )
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:

@@ -88,6 +88,10 @@ def read_products(
             if isinstance(row, DataError):
                 raise row
             product = product_from_dict(row, field_map=field_map, where=f"{path}:{line_no}", report=report)
+            if product.image and "://" not in product.image and not Path(product.image).is_absolute():
+                product.image = str(
+                    Path(path).parent / product.image
+                )  # relative to the data file, like its rows
         except DataError as exc:
             if not skip_invalid:
                 raise DataError(
@@ -213,12 +217,15 @@ def product_from_dict(
         data = _from_extractgpt(data, where)
     elif "title" not in data and "Name" in data and "ID" in data:
         data = _from_mwpd(data)
+    if data.get("title") is None and data.get("image"):
+        data["title"] = ""  # an image-only product (e.g. a photo to classify)
     for key in ("id", "title"):
         if key not in data or data[key] is None:
             found = ", ".join(sorted(obj)) or "nothing"
             raise DataError(
                 f"{where}: missing '{key}'; expected fields [id, title, description?, category?, attributes?, "
-                f"tags?, image?] but found [{found}]; rename columns with field_map"
+                f"tags?, image?] (title may be left out when image is given) but found [{found}]; rename columns "
+                "with field_map"
             )
     pid = data["id"]
     if isinstance(pid, int) and not isinstance(pid, bool):
