@@ -3,9 +3,9 @@
 For each attribute with a closed value set (colour, gender, season, usage, material, ...; learned from the training
 data) a linear model over TF-IDF text features gives a score per value, and, for products with an `image`, a
 logistic model over EfficientNet-Lite0 features plus a colour histogram gives another. Fusion is learned: the
-fused score is ``softmax(w_text * text_margin + w_image * log p_image)``, with the two weights fitted to minimise
-log-loss on out-of-fold predictions of the training products that have images; text-only and image-only products
-get their own fitted temperature. So `score` is a calibrated probability that the value is right, whichever
+fused score is ``softmax(w_text * text_margin + w_image * log p_image - w_unseen * [value unseen by the image
+model])``, with the weights fitted to minimise log-loss on out-of-fold predictions of the training products that
+have images; text-only and image-only products get their own fitted weights. So `score` is a calibrated probability that the value is right, whichever
 inputs the product has. Multi-valued attributes (several materials) use one-vs-rest models and sigmoid scores;
 every value scoring at least 0.5 is returned (at least the best one).
 
@@ -397,16 +397,24 @@ class AttributePredictor(Stage[Prediction]):
         lr = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
         return OneVsRestClassifier(lr) if multi else lr
 
-    def _image_proba(self, model: Any, Z: np.ndarray, n_classes: int) -> np.ndarray:
-        """Probabilities over all classes. A class the image model never saw (rare values are often missing from
-        the few products with images) gets the geometric mean of the row's other classes: neutral in the fused
-        log-linear score instead of a penalty that would suppress rare values the text names."""
+    def _image_parts(
+        self, model: Any, Z: np.ndarray, n_classes: int, multi: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probabilities over all classes, -1 where the image model never saw the class, else 0).
+
+        Rare values are often missing from the few products with images. Such a class gets the row's mean
+        log-probability (neutral), and the fusion learns from the second part how much to distrust it: on fashion
+        colour a strong penalty helps (the products with photos come from a few common colours), on usage none.
+        """
         proba = np.clip(model.predict_proba(Z), _EPS, 1 - _EPS)
         seen = np.asarray(model.classes_)
-        neutral = np.exp(np.log(proba).mean(axis=1, keepdims=True))
-        out = np.repeat(neutral, n_classes, axis=1)
-        out[:, seen] = proba
-        return out
+        logp = np.repeat(np.log(proba).mean(axis=1, keepdims=True), n_classes, axis=1)
+        logp[:, seen] = np.log(proba)
+        unseen = np.zeros((Z.shape[0], n_classes))
+        if not multi:
+            unseen[:] = -1.0
+            unseen[:, seen] = 0.0
+        return logp, unseen
 
     def _fit_image(
         self,
@@ -427,7 +435,9 @@ class AttributePredictor(Stage[Prediction]):
         order = list(range(len(img_rows)))
         rng.shuffle(order)
         folds = [sorted(order[f :: self.folds]) for f in range(self.folds)]
-        p_img = np.zeros((len(img_rows), K))
+        p_img = np.zeros((len(img_rows), K))  # log-probabilities
+        u_img = np.zeros((len(img_rows), K))
+        filled = np.zeros(len(img_rows), dtype=bool)
         m_text = np.zeros((len(img_rows), K))
         has_t = np.array([id(labelled[i]) in row_of for i in img_rows]) & ("text" in t)
         text_idx = np.array([row_of.get(id(p), -1) for p in labelled])
@@ -435,7 +445,9 @@ class AttributePredictor(Stage[Prediction]):
             rest = sorted(set(range(len(img_rows))) - set(fold))
             if len(np.unique(yz[rest], axis=0)) < 2:
                 continue
-            p_img[fold] = self._image_proba(self._image_model(t["multi"]).fit(Z[rest], yz[rest]), Z[fold], K)
+            fold_model = self._image_model(t["multi"]).fit(Z[rest], yz[rest])
+            p_img[fold], u_img[fold] = self._image_parts(fold_model, Z[fold], K, t["multi"])
+            filled[fold] = True
             if has_t.any():
                 held = {img_rows[i] for i in fold}
                 keep = [i for i in range(len(labelled)) if text_idx[i] >= 0 and i not in held]
@@ -446,17 +458,19 @@ class AttributePredictor(Stage[Prediction]):
                     chosen = [img_rows[i] for i in rows]
                     Xr = self._mentions(name, X_all[text_idx[chosen]], [labelled[i] for i in chosen])
                     m_text[rows] = _margins(model, Xr, K)
-        filled = p_img.sum(axis=1) > 0
         t["image_model"] = self._image_model(t["multi"]).fit(Z, yz)
-        t["t_image"] = _fit_weights([np.log(p_img[filled])], yz[filled], t["multi"])
+        image_parts = [p_img[filled], u_img[filled]]
+        t["t_image"] = _fit_weights(image_parts, yz[filled], t["multi"])
         out: dict[str, Any] = {"n_images": len(img_rows)}
         both = filled & has_t
         if both.sum() >= 4:
-            t["t_fused"] = _fit_weights([m_text[both], np.log(p_img[both])], yz[both], t["multi"])
-            fused = _probabilities(_combine(t["t_fused"], [m_text[both], np.log(p_img[both])]), t["multi"])
+            parts = [m_text[both], p_img[both], u_img[both]]
+            t["t_fused"] = _fit_weights(parts, yz[both], t["multi"])
+            fused = _probabilities(_combine(t["t_fused"], parts), t["multi"])
+            image_only = _probabilities(_combine(t["t_image"], [p_img[both], u_img[both]]), t["multi"])
             out["oof_macro_f1"] = {
                 "text": round(100 * _macro_f1(yz[both], m_text[both], t["multi"], 0.0), 2),
-                "image": round(100 * _macro_f1(yz[both], p_img[both], t["multi"], 0.5), 2),
+                "image": round(100 * _macro_f1(yz[both], image_only, t["multi"], 0.5), 2),
                 "fused": round(100 * _macro_f1(yz[both], fused, t["multi"], 0.5), 2),
             }
             out["fusion_weights"] = [round(w, 3) for w in t["t_fused"]]
@@ -500,15 +514,17 @@ class AttributePredictor(Stage[Prediction]):
                 margins[texted] = _margins(t["text"], Xa, K)
                 text_ok[texted] = True
             logp = np.zeros((len(products), K))
+            unseen = np.zeros((len(products), K))
             img_ok = np.zeros(len(products), dtype=bool)
             if img and "image_model" in t:
                 rows = sorted(img)
-                logp[rows] = np.log(self._image_proba(t["image_model"], np.vstack([img[i] for i in rows]), K))
+                Z = np.vstack([img[i] for i in rows])
+                logp[rows], unseen[rows] = self._image_parts(t["image_model"], Z, K, t["multi"])
                 img_ok[rows] = True
             for mask, weights, parts in (
                 (text_ok & ~img_ok, t.get("t_text"), [margins]),
-                (~text_ok & img_ok, t.get("t_image"), [logp]),
-                (text_ok & img_ok, t.get("t_fused") or t.get("t_text"), [margins, logp]),
+                (~text_ok & img_ok, t.get("t_image"), [logp, unseen]),
+                (text_ok & img_ok, t.get("t_fused") or t.get("t_text"), [margins, logp, unseen]),
             ):
                 if mask.any() and weights is not None:
                     used = [p[mask] for p in parts][: len(weights) - (1 if t["multi"] else 0)]
