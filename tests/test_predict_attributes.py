@@ -254,3 +254,26 @@ def test_image_only_products_are_predicted_from_the_photo(tmp_path: Path) -> Non
         [Product("q", "", image=str(tmp_path / "0.jpg")), Product("r", "", image=str(tmp_path / "1.jpg"))]
     )
     assert out[0]["colour"].value == "red" and out[1]["colour"].value == "blue"
+
+
+def test_taxonomy_values_join_the_vocabulary(tmp_path: Path) -> None:
+    from shangpin.taxonomy import FORMAT, FORMAT_VERSION
+
+    tax = tmp_path / "taxonomy.json"
+    tax.write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "kind": "shopify",
+                "name": "mini",
+                "attribute_names": {"color": "Colour"},
+                "attribute_values": {"color": ["Navy Blue", "Rose Gold"]},
+                "categories": [["aa", "Apparel", ["color"]]],
+            }
+        )
+    )
+    stage = AttributePredictor(attributes=["colour"], min_products=10, image="off", taxonomy_path=str(tax))
+    stage.fit(shirts())
+    assert stage.train_info_["taxonomy_vocabulary"] == {"colour": 2}
+    assert stage.normalizer_.canonical("colour", "rose-gold") == "Rose Gold"  # a value no product had

@@ -418,3 +418,11 @@ def test_full_bestbuy_file() -> None:
     # 4,584 listed - 1 without a name + 139 ancestors that appear only inside paths
     assert len(taxonomy) == 4_722
     assert len(Taxonomy.from_dict(taxonomy.to_dict())) == 4_722
+
+
+def test_shopify_attribute_values(shopify_en: Taxonomy, tmp_path: Path) -> None:
+    assert shopify_en.attribute_handle("COLOR") == "color"
+    assert shopify_en.attribute_values("color") == ("Black", "Navy", "Rose gold")
+    assert shopify_en.attribute_values("pattern") == ()
+    shopify_en.save(tmp_path / "t.json")
+    assert Taxonomy.load(tmp_path / "t.json").attribute_values("color") == ("Black", "Navy", "Rose gold")

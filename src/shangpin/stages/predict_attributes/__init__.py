@@ -70,6 +70,8 @@ class AttributePredictor(Stage[Prediction]):
         synonyms_file: a synonym/unit file (see `shangpin.normalize`); read at training, kept in the model.
         rules_file: a business rules file (see `shangpin.rules`); read at training, kept in the model (edit
             rules.json in the model folder to change them without retraining).
+        taxonomy_path: a Shopify taxonomy (folder or saved file): the values of its attribute with the same name
+            ("Color" <-> "color") join that attribute's canonical vocabulary; spellings seen in training win.
         dev_fraction: share of labelled products held out to choose the class weighting and fit temperatures.
         folds: folds of the out-of-fold predictions that fit the fusion weights.
         seed: seeds the dev split and the folds.
@@ -106,6 +108,7 @@ class AttributePredictor(Stage[Prediction]):
         conflict_threshold: float = 0.9,
         synonyms_file: str = "",
         rules_file: str = "",
+        taxonomy_path: str = "",
         dev_fraction: float = 0.1,
         folds: int = 5,
         seed: int = 13,
@@ -127,6 +130,7 @@ class AttributePredictor(Stage[Prediction]):
         self.conflict_threshold = conflict_threshold
         self.synonyms_file = synonyms_file
         self.rules_file = rules_file
+        self.taxonomy_path = taxonomy_path
         self.dev_fraction = dev_fraction
         self.folds = folds
         self.seed = seed
@@ -170,6 +174,7 @@ class AttributePredictor(Stage[Prediction]):
             if av is not None
             for v in (av.value, *av.alternatives)
         )
+        from_taxonomy = self._taxonomy_vocabulary(products)
         self.ruleset_ = RuleSet.from_file(Path(self.rules_file)) if self.rules_file else RuleSet()
         self.targets_: dict[str, dict[str, Any]] = {}
         skipped = self._choose_targets(products)
@@ -203,7 +208,12 @@ class AttributePredictor(Stage[Prediction]):
         X_all = self.features_.fit_transform(texted) if texted else None
         row_of = {id(p): i for i, p in enumerate(texted)}
         images = self._image_vectors(products)
-        info: dict[str, Any] = {"n_products": len(products), "inputs": inputs, "attributes": {}}
+        info: dict[str, Any] = {
+            "n_products": len(products),
+            "inputs": inputs,
+            "taxonomy_vocabulary": from_taxonomy,
+            "attributes": {},
+        }
         for name, target in self.targets_.items():
             # One generator per attribute: its dev split does not depend on which other attributes are predicted.
             rng = random.Random(f"{self.seed}:{name}")
@@ -226,6 +236,27 @@ class AttributePredictor(Stage[Prediction]):
         info["summary"] = self._summary(info)
         self.train_info_ = info
         return self
+
+    def _taxonomy_vocabulary(self, products: Sequence[Product]) -> dict[str, int]:
+        """Add the taxonomy's values of each training attribute it knows; return attribute -> values added."""
+        if not self.taxonomy_path:
+            return {}
+        from shangpin.taxonomy import Taxonomy
+
+        taxonomy = Taxonomy.load(self.taxonomy_path)
+        added: dict[str, int] = {}
+        for name in sorted({a for p in products for a in p.attributes}):
+            handle = taxonomy.attribute_handle(name)
+            if handle is not None and (values := taxonomy.attribute_values(handle)):
+                self.normalizer_.add_vocabulary(name, values)
+                added[name] = len(values)
+        if not added:
+            log.warning(
+                "stage '%s': no training attribute is named like an attribute of %s; its values are not used",
+                self.name,
+                self.taxonomy_path,
+            )
+        return added
 
     def _gold(self, product: Product, name: str) -> list[str]:
         """Canonical gold values of `name` that are classes of the attribute."""
