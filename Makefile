@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/shangpin train --task categorize --data demo/train.jsonl --model demo/model
 	$(BIN)/shangpin train --task extract --data demo/train.jsonl --model demo/model --config configs/demo.toml
+	$(BIN)/shangpin train --task attributes --data demo/train.jsonl --model demo/model \
+		--set rules_file=demo/rules.toml --set synonyms_file=demo/synonyms.toml
 	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl
 	$(BIN)/shangpin view demo/enriched.jsonl --data demo/products.jsonl --limit 12
 	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/report.html

@@ -218,3 +218,15 @@ def test_predict_stores_predictions_in_db(trained: tuple[Path, Path], tmp_path: 
         assert all(s.model_version.startswith("model@") and s.evidence for s in stored)
     finally:
         store.close()
+
+
+def test_view_cell_shows_canonical_and_flags() -> None:
+    from shangpin.cli import _attribute_cell
+
+    cell = _attribute_cell(
+        "Gender", {"value": "Men's", "canonical": "Men", "score": 0.5, "source": "text", "conflict": True}
+    )
+    assert cell == "Gender: Men's -> Men  0.50  (conflict)"
+    assert _attribute_cell("Fit", {"value": "Regular", "score": 1.0, "source": "rule", "rule": "x"}).endswith(
+        "(rule)"
+    )

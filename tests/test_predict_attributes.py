@@ -277,3 +277,20 @@ def test_taxonomy_values_join_the_vocabulary(tmp_path: Path) -> None:
     stage.fit(shirts())
     assert stage.train_info_["taxonomy_vocabulary"] == {"colour": 2}
     assert stage.normalizer_.canonical("colour", "rose-gold") == "Rose Gold"  # a value no product had
+
+
+def test_rules_check_the_canonical_value_of_text(tmp_path: Path) -> None:
+    syn = tmp_path / "syn.toml"
+    syn.write_text('[synonyms.colour]\n"navy" = "Navy Blue"\n')
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nattribute = "colour"\nallowed = ["Navy Blue", "Black"]\n')
+    stage = AttributePredictor(
+        attributes=["colour"], min_products=10, image="off", synonyms_file=str(syn), rules_file=str(rules)
+    ).fit(shirts())
+    p = Product("x", "Acme navy shirt", category=CategoryPrediction("Apparel > Topwear > Shirts"))
+    p.extracted = {"colour": AttributeValue("colour", "navy", 0.9, "text", "title", 5, 9)}
+    ok = stage.predict([p])[0]["colour"]
+    assert ok.value == "navy" and ok.canonical == "Navy Blue" and not ok.rejected and ok.rule is None
+    p.extracted = {"colour": AttributeValue("colour", "teal", 0.9, "text", "title", 5, 9)}
+    bad = stage.predict([p])[0]["colour"]
+    assert bad.rejected and bad.value == "teal" and "not an allowed colour" in (bad.rule or "")

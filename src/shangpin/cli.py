@@ -311,14 +311,12 @@ def view(
     table = Table(title=f"{out.name}: first {limit} products", show_lines=True)
     table.add_column("id")
     table.add_column("title", max_width=50)
-    table.add_column("attributes (value  score)")
+    table.add_column("attributes: value -> canonical, score, (flags)")
     table.add_column("category (input or predicted) / tags")
     with open(out, encoding="utf-8") as fh:
         for line in islice(fh, limit):
             row = json.loads(line)
-            attrs = "\n".join(
-                f"{k}: {v['value']}  {v['score']:.2f}" for k, v in row.get("attributes", {}).items()
-            )
+            attrs = "\n".join(_attribute_cell(k, v) for k, v in row.get("attributes", {}).items())
             given = inputs.get(row["id"])
             if "category" in row:
                 other = f"{row['category']['path']}  {row['category']['score']:.2f}"
@@ -363,3 +361,16 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+
+
+def _attribute_cell(name: str, v: dict[str, Any]) -> str:
+    """One attribute of the output contract as a line of the `view` table."""
+    text = f"{name}: {v.get('value')}"
+    if v.get("canonical"):
+        text += f" -> {v['canonical']}"
+    text += f"  {v['score']:.2f}"
+    flags = [f for f in ("predicted", "rule") if v.get("source") == f]
+    flags += [f for f in ("conflict", "rejected") if v.get(f)]
+    if v.get("rule") and v.get("source") != "rule":
+        flags.append("rule")
+    return text + (f"  ({', '.join(flags)})" if flags else "")

@@ -68,11 +68,13 @@ _UNITS: dict[str, tuple[str, str]] = {
     "mp": ("MP", "spaced"),
 }
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*([A-Za-z][A-Za-z ]{0,9}?)\.?\s*$")
-_KEY = re.compile(r"[\W_]+", re.UNICODE)
+# Separators and marks that never change what a value means; "+", "%", "&", "#" and a decimal point do
+# ("SPF 100+" is not "SPF 100", "6.5 g" is not "65 g").
+_KEY = re.compile(r"[\s\-_'’`´/\\,;:!?\"()\[\]{}®™©*|~]+|\.(?!\d)|(?<!\d)\.", re.UNICODE)
 
 
 def value_key(value: str) -> str:
-    """Case-, space- and punctuation-insensitive comparison key ("Navy-Blue" == "navy blue")."""
+    """Case-, space- and separator-insensitive comparison key ("Navy-Blue" == "navy blue", "Brown/" == "brown")."""
     return _KEY.sub("", value.casefold())
 
 

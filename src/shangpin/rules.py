@@ -77,7 +77,7 @@ class Rule:
             return f"'{value}' is not an allowed {self.attribute} in {self.category} (allowed: {shown})"
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             return (
-                f"'{value}' does not match the {self.attribute} pattern {self.pattern!r} of {self.category}"
+                f"'{value}' does not match the {self.attribute} pattern '{self.pattern}' of {self.category}"
             )
         return None
 

@@ -211,6 +211,7 @@ class AttributePredictor(Stage[Prediction]):
         info: dict[str, Any] = {
             "n_products": len(products),
             "inputs": inputs,
+            "not_predicted": skipped,
             "taxonomy_vocabulary": from_taxonomy,
             "attributes": {},
         }
@@ -321,8 +322,15 @@ class AttributePredictor(Stage[Prediction]):
                 f"cannot predict {sorted(skipped)}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
                 stage=self.name,
             )
-        for name, why in skipped.items():
-            log.info("stage '%s': attribute '%s' not predicted (%s)", self.name, name, why)
+        if skipped:
+            log.info(
+                "stage '%s': %d attributes not predicted (too few labels or an open value set): %s",
+                self.name,
+                len(skipped),
+                ", ".join(sorted(skipped)),
+            )
+            for name, why in skipped.items():
+                log.debug("stage '%s': attribute '%s' not predicted (%s)", self.name, name, why)
         return skipped
 
     def _targets(self, labelled: Sequence[Product], name: str) -> np.ndarray:
@@ -641,7 +649,9 @@ class AttributePredictor(Stage[Prediction]):
         rules = self.ruleset_.for_product(av.name, category)
         if not rules:
             return av
-        values = list(av.values or (av.value,))
+        # Rules speak the canonical vocabulary: "Men's" read from a title is checked as "Men".
+        values = [self.normalizer_.canonical(av.name, v) for v in (av.values or (av.value,))]
+        original = av.value
         reasons: list[str] = []
         for rule in rules:
             if (why := rule.together(values)) is not None:
@@ -669,9 +679,11 @@ class AttributePredictor(Stage[Prediction]):
             if not keep:
                 return replace(av, rejected=True, rule="; ".join(reasons))
             values = keep
+        if av.source == "text":  # a text value stays the span it is; only its score and reason change
+            return replace(av, rule="; ".join(reasons) if reasons else None)
         return replace(
             av,
-            value=values[0],
+            value=values[0] if values[0] != self.normalizer_.canonical(av.name, original) else original,
             values=tuple(values) if len(values) > 1 else (),
             rule="; ".join(reasons) if reasons else None,
         )
