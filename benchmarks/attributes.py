@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import random
@@ -28,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from shangpin.normalize import value_key
-from shangpin.records import AttributeValue, CategoryPrediction, Product
+from shangpin.records import AttributeValue, Product
 from shangpin.stages.predict_attributes import AttributePredictor
+from shangpin.storage.catalog import read_products
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -37,28 +37,8 @@ TARGETS = ["gender", "baseColour", "season", "usage"]
 
 
 def fashion_products(folder: Path) -> list[Product]:
-    images = folder / "images"
-    out = []
-    with open(folder / "styles.csv", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            attrs = {
-                k: AttributeValue(k, row[k])
-                for k in (*TARGETS, "year")
-                if row.get(k) and row[k].strip() != "NA"
-            }
-            image = images / f"{row['id']}.jpg"
-            out.append(
-                Product(
-                    product_id=row["id"],
-                    title=row["productDisplayName"],
-                    category=CategoryPrediction(
-                        " > ".join(row[k] for k in ("masterCategory", "subCategory", "articleType") if row[k])
-                    ),
-                    attributes=attrs,
-                    image=str(image) if image.is_file() else None,
-                )
-            )
-    return out
+    """styles.csv as shangpin reads it (title, category path, attributes, images/<id>.jpg where present)."""
+    return list(read_products(folder / "styles.csv"))
 
 
 def clothing_products(folder: Path) -> list[Product]:

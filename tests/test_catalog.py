@@ -165,3 +165,18 @@ def test_image_only_products_and_image_urls(tmp_path: Path) -> None:
     assert b.image == "https://x/b.jpg"
     with pytest.raises(DataError, match="missing 'title'.*title may be left out when image is given"):
         list(read_products(write(tmp_path / "q.jsonl", [json.dumps({"id": "c"})])))
+
+
+def test_reads_fashion_styles_csv_with_images(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "7.jpg").write_bytes(b"jpeg")
+    (tmp_path / "styles.csv").write_text(
+        "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
+        "7,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt\n"
+        "8,Women,Footwear,Shoes,Heels,Black,,2012,NA,Catwalk Women Black Heels\n"
+    )
+    a, b = read_products(tmp_path / "styles.csv")
+    assert a.title == "Turtle Check Men Navy Blue Shirt" and a.category_path == "Apparel > Topwear > Shirts"
+    assert a.attributes["baseColour"].value == "Navy Blue" and a.attributes["year"].value == "2011"  # type: ignore[union-attr]
+    assert a.image == str(tmp_path / "images" / "7.jpg") and b.image is None
+    assert "season" not in b.attributes and "usage" not in b.attributes  # empty and "NA": not recorded

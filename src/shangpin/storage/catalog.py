@@ -89,9 +89,11 @@ def read_products(
                 raise row
             product = product_from_dict(row, field_map=field_map, where=f"{path}:{line_no}", report=report)
             if product.image and "://" not in product.image and not Path(product.image).is_absolute():
-                product.image = str(
-                    Path(path).parent / product.image
-                )  # relative to the data file, like its rows
+                product.image = str(Path(path).parent / product.image)  # relative to the data file
+            elif product.image is None and "productDisplayName" in row:
+                photo = Path(path).parent / "images" / f"{product.product_id}.jpg"  # the styles.csv layout
+                if photo.is_file():
+                    product.image = str(photo)
         except DataError as exc:
             if not skip_invalid:
                 raise DataError(
@@ -191,6 +193,22 @@ def _from_extractgpt(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+FASHION_ATTRIBUTES = ("gender", "baseColour", "season", "usage", "year")
+
+
+def _from_fashion_styles(obj: dict[str, Any]) -> dict[str, Any]:
+    """Map a row of the Kaggle/Myntra fashion `styles.csv` onto the product contract: productDisplayName is the
+    title, masterCategory > subCategory > articleType the category, the other columns attributes."""
+    out: dict[str, Any] = {"id": obj["id"], "title": obj["productDisplayName"]}
+    levels = [str(obj[k]) for k in ("masterCategory", "subCategory", "articleType") if obj.get(k)]
+    if levels:
+        out["category"] = " > ".join(levels)
+    attrs = {k: obj[k] for k in FASHION_ATTRIBUTES if obj.get(k) not in (None, "", "NA")}  # NA: not recorded
+    if attrs:
+        out["attributes"] = attrs
+    return out
+
+
 def _from_mwpd(obj: dict[str, Any]) -> dict[str, Any]:
     """Map an MWPD 2020 / WDC line {"ID", "Name", "Description", "CategoryText", "lvl1".."lvl3"} onto the contract."""
     out: dict[str, Any] = {"id": obj.get("ID"), "title": obj.get("Name") or ""}
@@ -217,6 +235,8 @@ def product_from_dict(
         data = _from_extractgpt(data, where)
     elif "title" not in data and "Name" in data and "ID" in data:
         data = _from_mwpd(data)
+    elif "title" not in data and "productDisplayName" in data and "id" in data:
+        data = _from_fashion_styles(data)
     if data.get("title") is None and data.get("image"):
         data["title"] = ""  # an image-only product (e.g. a photo to classify)
     for key in ("id", "title"):

@@ -51,7 +51,8 @@ class AttributePredictor(Stage[Prediction]):
     Args:
         attributes: the attributes to predict (default: every attribute of the training data with a closed value
             set, see `min_products`, `min_count`, `coverage`).
-        inputs: given attributes used as features (default: every given attribute that is not predicted).
+        inputs: given attributes used as features (default: every given attribute that is not predicted); with
+            `attributes` left to the default, the attributes named here are not predicted.
         min_products: an attribute needs this many labelled products to be predicted.
         min_count: a value needs this many training products to become a class.
         coverage: the classes must cover this share of labelled products (an open set such as brand does not).
@@ -281,6 +282,8 @@ class AttributePredictor(Stage[Prediction]):
             for name, av in p.attributes.items():
                 if av is None or (self.attributes is not None and name not in self.attributes):
                     continue
+                if self.attributes is None and self.inputs is not None and name in self.inputs:
+                    continue  # named as an input: a feature, never a target
                 vals = {self.normalizer_.canonical(name, v) for v in (av.value, *av.alternatives)}
                 n_labelled[name] += 1
                 n_multi[name] += len(vals) > 1
