@@ -38,7 +38,7 @@ from shangpin.normalize import Normalizer, value_key
 from shangpin.records import AttributeValue, Event, Product
 from shangpin.rules import RuleSet
 from shangpin.stages.base import Stage, StageReport, dev_split
-from shangpin.stages.predict_attributes.features import TextFeatures, has_text
+from shangpin.stages.predict_attributes.features import TextFeatures, has_text, input_mask
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class AttributePredictor(Stage[Prediction]):
         min_images: labelled products with images needed to train the image model.
         char_ngrams: add title character 2-5 grams to the text features.
         mentions: add, per attribute, one feature per value saying whether the title names it.
+        select_features: also try, per attribute, the plain profile (no given-attribute block, no mentions) and
+            keep the better on the dev split.
         C: regularisation of the linear text model (larger = less).
         class_weight: "auto" (choose none, "sqrt" or "balanced" per attribute on the dev split, by macro-F1),
             "balanced", "sqrt" (square root of the balanced weights) or "none".
@@ -104,6 +106,7 @@ class AttributePredictor(Stage[Prediction]):
         min_images: int = 20,
         char_ngrams: bool = False,
         mentions: bool = True,
+        select_features: bool = True,
         C: float = 1.0,
         class_weight: str = "auto",
         threshold: float = 0.0,
@@ -126,6 +129,7 @@ class AttributePredictor(Stage[Prediction]):
         self.min_images = min_images
         self.char_ngrams = char_ngrams
         self.mentions = mentions
+        self.select_features = select_features
         self.C = C
         self.class_weight = class_weight
         self.threshold = threshold
@@ -225,12 +229,8 @@ class AttributePredictor(Stage[Prediction]):
             text_rows = [i for i, p in enumerate(labelled) if id(p) in row_of]
             a_info: dict[str, Any] = {"n_labelled": len(labelled), "classes": len(target["classes"])}
             if X_all is not None and text_rows and X_all.shape[1]:
-                X = self._mentions(
-                    name,
-                    X_all[[row_of[id(labelled[i])] for i in text_rows]],
-                    [labelled[i] for i in text_rows],
-                )
-                a_info.update(self._fit_text(name, X, y[text_rows], rng))
+                X = X_all[[row_of[id(labelled[i])] for i in text_rows]]
+                a_info.update(self._fit_text(name, X, [labelled[i] for i in text_rows], y[text_rows], rng))
             img_rows = [i for i, p in enumerate(labelled) if p.image and images.get(p.image) is not None]
             if images and len(img_rows) >= self.min_images:
                 a_info.update(self._fit_image(name, labelled, y, img_rows, images, X_all, row_of, rng))
@@ -365,16 +365,25 @@ class AttributePredictor(Stage[Prediction]):
         svc = LinearSVC(C=self.C, class_weight=weights, max_iter=5000)
         return OneVsRestClassifier(svc) if multi else svc
 
-    def _mentions(self, name: str, X: Any, products: Sequence[Product]) -> Any:
-        """X plus one column per value of the attribute: 1 where the value is written in the title.
-
-        A value named in the title is strong evidence whatever the words around it; measured on the fashion dev
-        split it lifted colour macro-F1 (docs/BENCHMARKS.md)."""
-        if not self.mentions:
-            return X
-        from scipy.sparse import csr_matrix, hstack
+    def _text_matrix(
+        self, name: str, X: Any, products: Sequence[Product], profile: dict[str, bool] | None = None
+    ) -> Any:
+        """The attribute's view of the shared TF-IDF matrix under its feature profile (chosen on dev):
+        "inputs" keeps the given-attribute block, "mentions" adds one column per value of the attribute, 1 where
+        the title names it. A value named in the title is strong evidence for colour (fashion dev macro-F1 79.95
+        -> 81.93), but for gender both extras cost a little (docs/BENCHMARKS.md), hence the per-attribute choice."""
+        from scipy.sparse import csr_matrix, diags, hstack
 
         t = self.targets_[name]
+        profile = (
+            profile if profile is not None else t.get("profile", {"inputs": True, "mentions": self.mentions})
+        )
+        if not profile["inputs"]:
+            if "_input_mask" not in self.__dict__:
+                self._input_mask = input_mask(self.features_)
+            X = (X @ diags(self._input_mask)).tocsr()
+        if not profile["mentions"]:
+            return X
         if "patterns" not in t:
             t["patterns"] = [
                 re.compile(r"(?<!\w)" + re.escape(c.casefold()) + r"(?!\w)") for c in t["classes"]
@@ -391,27 +400,43 @@ class AttributePredictor(Stage[Prediction]):
         )
         return hstack([X, M], format="csr")
 
-    def _fit_text(self, name: str, X: Any, y: np.ndarray, rng: random.Random) -> dict[str, Any]:
+    def _profiles(self) -> list[dict[str, bool]]:
+        full = {"inputs": True, "mentions": self.mentions}
+        return [full, {"inputs": False, "mentions": False}] if self.select_features else [full]
+
+    def _fit_text(
+        self, name: str, X: Any, products: Sequence[Product], y: np.ndarray, rng: random.Random
+    ) -> dict[str, Any]:
+        """Choose the feature profile and class weighting on dev (macro-F1), fit the temperature there, refit."""
         t = self.targets_[name]
         idx = list(range(X.shape[0]))
         dev, train = dev_split(idx, self.dev_fraction, rng)
-        options = ["none", "sqrt", "balanced"] if self.class_weight == "auto" else [self.class_weight]
-        chosen, best, dev_scores = options[0], -1.0, None
-        trainable = dev and len(np.unique(y[train], axis=0)) >= 2
-        if trainable:
-            for cw in options:
-                model = self._text_model(t["multi"], cw, y[train]).fit(X[train], y[train])
-                margins = _margins(model, X[dev], len(t["classes"]))
-                f1 = _macro_f1(y[dev], margins, t["multi"])
-                if f1 > best:
-                    chosen, best, dev_scores = cw, f1, margins
-        t["class_weight"] = chosen
-        t["text"] = self._text_model(t["multi"], chosen, y).fit(X, y)
+        weightings = ["none", "sqrt", "balanced"] if self.class_weight == "auto" else [self.class_weight]
+        profiles = self._profiles()
+        chosen: tuple[dict[str, bool], str] = (profiles[0], weightings[0])
+        best, dev_scores = -1.0, None
+        if dev and len(np.unique(y[train], axis=0)) >= 2:
+            for profile in profiles:
+                Xp = self._text_matrix(name, X, products, profile)
+                for cw in weightings:
+                    model = self._text_model(t["multi"], cw, y[train]).fit(Xp[train], y[train])
+                    margins = _margins(model, Xp[dev], len(t["classes"]))
+                    f1 = _macro_f1(y[dev], margins, t["multi"])
+                    if f1 > best:
+                        chosen, best, dev_scores = (profile, cw), f1, margins
+        t["profile"], t["class_weight"] = chosen
+        t["text"] = self._text_model(t["multi"], t["class_weight"], y).fit(
+            self._text_matrix(name, X, products), y
+        )
         if dev_scores is not None:
             t["t_text"] = _fit_weights([dev_scores], y[dev], t["multi"])
         else:
             t["t_text"] = [1.0] + ([0.0] if t["multi"] else [])
-        return {"class_weight": chosen, "dev_macro_f1_text": round(100 * best, 2) if best >= 0 else None}
+        return {
+            "class_weight": t["class_weight"],
+            "profile": t["profile"],
+            "dev_macro_f1_text": round(100 * best, 2) if best >= 0 else None,
+        }
 
     # --- image model
     def _image_vectors(self, products: Sequence[Product]) -> dict[str, np.ndarray | None]:
@@ -494,12 +519,12 @@ class AttributePredictor(Stage[Prediction]):
             if has_t.any():
                 held = {img_rows[i] for i in fold}
                 keep = [i for i in range(len(labelled)) if text_idx[i] >= 0 and i not in held]
-                Xk = self._mentions(name, X_all[text_idx[keep]], [labelled[i] for i in keep])
+                Xk = self._text_matrix(name, X_all[text_idx[keep]], [labelled[i] for i in keep])
                 model = self._text_model(t["multi"], t["class_weight"], y[keep]).fit(Xk, y[keep])
                 rows = [i for i in fold if has_t[i]]
                 if rows:
                     chosen = [img_rows[i] for i in rows]
-                    Xr = self._mentions(name, X_all[text_idx[chosen]], [labelled[i] for i in chosen])
+                    Xr = self._text_matrix(name, X_all[text_idx[chosen]], [labelled[i] for i in chosen])
                     m_text[rows] = _margins(model, Xr, K)
         t["image_model"] = self._image_model(t["multi"]).fit(Z, yz)
         image_parts = [p_img[filled], u_img[filled]]
@@ -560,7 +585,7 @@ class AttributePredictor(Stage[Prediction]):
             margins = np.zeros((len(products), K))
             text_ok = np.zeros(len(products), dtype=bool)
             if X is not None and "text" in t:
-                Xa = self._mentions(name, X, [products[i] for i in texted])
+                Xa = self._text_matrix(name, X, [products[i] for i in texted])
                 margins[texted] = _margins(t["text"], Xa, K)
                 text_ok[texted] = True
             logp = np.zeros((len(products), K))

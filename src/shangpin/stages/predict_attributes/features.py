@@ -110,3 +110,15 @@ class TextFeatures:
 def has_text(product: Product) -> bool:
     """Whether a product has any text the text model can read (image-only products have none)."""
     return bool(product.title.strip() or product.description.strip() or product.breadcrumb)
+
+
+def input_mask(features: TextFeatures) -> np.ndarray:
+    """1.0 per column, 0.0 on the columns of the given-attribute block ("inputs"): multiply to drop that block."""
+    sizes = [(name, len(vec.vocabulary_)) for name, vec in features.vectorizers]
+    mask = np.ones(sum(n for _, n in sizes), dtype=np.float32)
+    start = 0
+    for name, n in sizes:
+        if name == "inputs":
+            mask[start : start + n] = 0.0
+        start += n
+    return mask
