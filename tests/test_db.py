@@ -127,6 +127,30 @@ def test_round_trip_keeps_offsets_evidence_and_model_version(store: PredictionSt
     assert store.predictions_for("unknown") == []
 
 
+def test_normalisation_rule_and_flags_are_stored(store: PredictionStore) -> None:
+    product = Product(
+        "p-3",
+        "Acme Men's navy shirt",
+        predicted={
+            "colour": AttributeValue(
+                "colour", "navy", 0.8, "text", "title", 11, 15, canonical="Navy Blue", conflict=True
+            ),
+            "season": AttributeValue("season", "Winter", 0.4, "predicted", rule="'Summer' is not allowed"),
+            "fit": AttributeValue("fit", "Slim", 0.9, "predicted", rule="not allowed", rejected=True),
+        },
+    )
+    store.save_products([product], model_version="v")
+    colour, season, fit = store.predictions_for("p-3")
+    assert (colour.canonical, colour.conflict, colour.rule, colour.rejected) == (
+        "Navy Blue",
+        True,
+        None,
+        False,
+    )
+    assert (season.canonical, season.rule, season.conflict) == (None, "'Summer' is not allowed", False)
+    assert fit.rejected and fit.rule == "not allowed"
+
+
 def test_category_is_stored_only_when_asked(store: PredictionStore) -> None:
     abstained = Product("p-3", "Thing", category=CategoryPrediction("Misc", score=0.1, abstained=True))
 
@@ -156,7 +180,7 @@ def test_migrations_are_idempotent_and_match_the_models(db_url: str) -> None:
     engine = init_db(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("predictions")}
             assert {"ix_predictions_product_id", "ix_predictions_product_id_stage"} <= indexes
             # The migration creates exactly what the models declare (else a new revision is missing).
@@ -206,3 +230,35 @@ def test_default_db_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_db_url() == "sqlite:///shangpin.db"
     monkeypatch.setenv(DB_URL_ENV, "postgresql://db/shangpin")
     assert default_db_url() == "postgresql://db/shangpin"
+
+
+def test_a_0001_database_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from shangpin.storage.db import MIGRATIONS_DIR
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO predictions (product_id, stage, attribute, value, score, source, model_version) "
+                "VALUES ('old', 'extract_attributes', 'colour', 'red', 0.5, 'text', 'v0')"
+            )
+        )
+    engine.dispose()
+    with PredictionStore(url) as store:
+        (row,) = store.predictions_for("old")
+        assert (row.value, row.canonical, row.rule, row.conflict, row.rejected) == (
+            "red",
+            None,
+            None,
+            False,
+            False,
+        )

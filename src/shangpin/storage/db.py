@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    false,
     func,
     insert,
     select,
@@ -84,6 +86,10 @@ class PredictionRow(Base):
     # "end" is an SQL keyword; the attribute gets a trailing underscore, the column keeps the plain name.
     end_: Mapped[int | None] = mapped_column("end", Integer)
     evidence: Mapped[str | None] = mapped_column(Text)
+    canonical: Mapped[str | None] = mapped_column(Text)
+    rule: Mapped[str | None] = mapped_column(Text)
+    conflict: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    rejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     model_version: Mapped[str] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
@@ -111,6 +117,10 @@ class StoredPrediction:
     evidence: str | None
     model_version: str
     created_at: datetime
+    canonical: str | None = None
+    rule: str | None = None
+    conflict: bool = False
+    rejected: bool = False
 
 
 def default_db_url() -> str:
@@ -193,6 +203,8 @@ class PredictionStore:
                         "value": category.path,
                         "score": category.score,
                         "source": "predicted",
+                        "conflict": False,
+                        "rejected": False,
                         "model_version": model_version,
                         "created_at": now,
                     }
@@ -243,6 +255,10 @@ def _attribute_row(
         "start": av.start,
         "end_": av.end,
         "evidence": _evidence(product, av),
+        "canonical": av.canonical,
+        "rule": av.rule,
+        "conflict": av.conflict,
+        "rejected": av.rejected,
         "model_version": model_version,
         "created_at": now,
     }
@@ -276,6 +292,10 @@ def _stored(row: PredictionRow) -> StoredPrediction:
         evidence=row.evidence,
         model_version=row.model_version,
         created_at=created_at,
+        canonical=row.canonical,
+        rule=row.rule,
+        conflict=bool(row.conflict),
+        rejected=bool(row.rejected),
     )
 
 
