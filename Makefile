@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/extraction.py
 	$(BIN)/python benchmarks/categorization.py
+	$(BIN)/python benchmarks/attributes.py
 
 clean:
 	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/report.html demo/zh-model demo/zh-enriched.jsonl
