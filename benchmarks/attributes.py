@@ -71,13 +71,33 @@ def stage_scores(stage: AttributePredictor, products: list[Product], names: list
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"products_per_s": round(len(products) / seconds, 1), "n": len(products)}
     for name in names:
-        pairs = [
-            (g.attributes[name].value, p[name].value if name in p else "")  # type: ignore[union-attr]
+        rows = [
+            (gold.value, p[name].value if name in p else "", p[name].score if name in p else 0.0)
             for g, p in zip(products, preds, strict=True)
-            if g.attributes.get(name) is not None
+            if (gold := g.attributes.get(name)) is not None
         ]
-        out[name] = scores([a for a, _ in pairs], [b for _, b in pairs]) | {"n": len(pairs)}
+        out[name] = scores([a for a, _, _ in rows], [b for _, b, _ in rows]) | {
+            "n": len(rows),
+            "ece": expected_calibration_error(
+                [value_key(a) == value_key(b) for a, b, _ in rows], [c for _, _, c in rows]
+            ),
+        }
     return out
+
+
+def expected_calibration_error(correct: list[bool], confidence: list[float], bins: int = 10) -> float:
+    """ECE in percent: |accuracy - mean score| per equal-width score bin, weighted by the bin's share."""
+    if not correct:
+        return 0.0
+    total, n = 0.0, len(correct)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidence) if lo <= c < hi or (b == bins - 1 and c == 1.0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidence[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - conf)
+    return round(100 * total, 2)
 
 
 def svm_baseline(train: list[Product], dev: list[Product], text: Any) -> dict[str, Any]:
