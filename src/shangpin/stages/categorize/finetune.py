@@ -130,14 +130,7 @@ def finetune_encoder(
 
 
 def export_finetuned(model: Any, folder: Path, encoder: str = "") -> None:
-    """Write the fine-tuned encoder as `MiniLMSentenceEncoder` files (int8 ONNX + tokenizer) into `folder`."""
-    import shutil
-
-    from shangpin.encoders import export_onnx
+    """Write the fine-tuned encoder as `MiniLMSentenceEncoder` files (ONNX + tokenizer) into `folder`."""
     from shangpin.sentence import MiniLMSentenceEncoder
 
-    folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, folder / MiniLMSentenceEncoder.ONNX_FILE, quantize=True, output="last_hidden_state")
-    shutil.copyfile(
-        resolve_encoder(encoder) / "tokenizer.json", folder / MiniLMSentenceEncoder.TOKENIZER_FILE
-    )
+    MiniLMSentenceEncoder.export(folder, encoder=encoder, model=model)
