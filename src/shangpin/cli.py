@@ -338,6 +338,74 @@ def show_model(model: Annotated[Path, typer.Argument(help="Model directory.")]) 
     typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
+KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="Number of results.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="hybrid, bm25 or embedding.")]
+
+
+@app.command("index")
+def index_catalog(
+    model: ModelOpt,
+    data: DataOpt,
+    encoder: Annotated[
+        str, typer.Option("--encoder", help="Sentence encoder: use (multilingual) or minilm (English).")
+    ] = "use",
+    batch_size: BatchOpt = 256,
+    skip_invalid: SkipOpt = False,
+    field_map: FieldMapOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the search index of a catalog under MODEL/index (runs the model's stages first, if any)."""
+    from shangpin.search import build_index
+    from shangpin.storage.catalog import ReadReport
+
+    _setup_logging(verbose)
+    read = ReadReport()
+    meta = build_index(
+        model,
+        data,
+        encoder=encoder,
+        batch_size=batch_size,
+        field_map=_field_map(field_map),
+        skip_invalid=skip_invalid,
+        report=read,
+    )
+    typer.echo(read.summary(), err=True)
+    keys = ("size", "encoder", "vocabulary", "stages", "build_seconds", "index_bytes", "data_sha256")
+    typer.echo(json.dumps({"index": str(model / "index"), **{k: meta[k] for k in keys}}, indent=2))
+
+
+@app.command()
+def similar(
+    model: ModelOpt,
+    product_id: Annotated[str, typer.Argument(help="Id of an indexed product.")],
+    k: KOpt = 10,
+    mode: ModeOpt = "hybrid",
+) -> None:
+    """Products similar to an indexed product; JSON to stdout."""
+    from shangpin.search import SearchIndex, hit_to_dict
+
+    _setup_logging(False)
+    hits = SearchIndex.load(model).similar(product_id, k, mode=mode)
+    out = {"id": product_id, "mode": mode, "results": [hit_to_dict(h) for h in hits]}
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def search(
+    model: ModelOpt,
+    query: Annotated[str, typer.Argument(help="Search query, any language the index's encoder reads.")],
+    k: KOpt = 10,
+    mode: ModeOpt = "hybrid",
+) -> None:
+    """Products matching a text query; JSON to stdout."""
+    from shangpin.search import SearchIndex, hit_to_dict
+
+    _setup_logging(False)
+    hits = SearchIndex.load(model).search(query, k, mode=mode)
+    out = {"query": query, "mode": mode, "results": [hit_to_dict(h) for h in hits]}
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
 def main() -> None:
     """Entry point: translate user-fixable errors into 'Error: ...' and exit codes (2 for config/usage)."""
     from shangpin.errors import ConfigError, ShangpinError

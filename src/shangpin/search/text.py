@@ -1,0 +1,69 @@
+"""Search terms: lower-cased words with a light plural stemmer for Latin script, jieba words for Chinese."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Any
+
+from shangpin.errors import ConfigError
+
+# Chinese (CJK ideographs) runs go to jieba; everything else is split into letters/digits runs.
+_RUNS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[^\W_]+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+STOPWORDS = frozenset(
+    "a an and are as at be by for from in into is it of on or s the to with without 的 和 与 及 之 是 在 了".split()
+)
+FACET_SEPARATOR = ":"
+"""Facet terms ("tag:summer", "category:shirts", "colour:navy blue") hold this character, which words never do."""
+
+
+@lru_cache(maxsize=1)
+def _jieba() -> Any:
+    try:
+        import jieba
+    except ImportError:
+        raise ConfigError(
+            "Chinese text needs the package jieba for search terms; run 'pip install jieba'"
+        ) from None
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def stem(word: str) -> str:
+    """A light English plural stemmer ("shirts" -> "shirt", "dresses" -> "dress", "accessories" -> "accessory"),
+    so a query in the plural finds titles in the singular and back; other words are kept as they are."""
+    if len(word) <= 3 or not word.isascii() or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def terms(text: str) -> list[str]:
+    """The search terms of a text in order (repeats kept): NFKC, lower case, stop words dropped; Chinese runs are
+    segmented by jieba in search mode (a long word also yields its parts: 运动鞋 -> 运动, 运动鞋)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    out: list[str] = []
+    for run in _RUNS.findall(text):
+        if _CJK.match(run):
+            out.extend(w for w in _jieba().lcut_for_search(run) if w.strip() and w not in STOPWORDS)
+        elif run not in STOPWORDS:
+            out.append(stem(run))
+    return out
+
+
+def facet_term(kind: str, value: str) -> str:
+    """One term for a whole facet value, e.g. ("tag", "Navy Blue") -> "tag:navy blue"."""
+    return f"{kind}{FACET_SEPARATOR}{' '.join(unicodedata.normalize('NFKC', value).lower().split())}"
+
+
+def has_chinese(text: str) -> bool:
+    """Whether the text holds a Chinese character."""
+    return _CJK.search(text) is not None
