@@ -108,6 +108,40 @@ def train(
 
 
 @app.command()
+def pretrain(
+    data: Annotated[
+        list[Path], typer.Option("--data", "-d", help="Unlabelled products (any product file); repeatable.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new checkpoint.")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the texts.")] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting: key=value (see shangpin.pretrain.PretrainSettings)."),
+    ] = None,
+    skip_invalid: SkipOpt = False,
+    field_map: FieldMapOpt = None,
+    verbose: VerboseOpt = True,
+) -> None:
+    """Continue masked-language-model training of the encoder on your product texts; train stages from it with
+    --set encoder=OUT."""
+    from shangpin.pretrain import PretrainSettings
+    from shangpin.pretrain import pretrain as run_pretrain
+
+    _setup_logging(verbose)
+    settings = PretrainSettings.from_overrides(set_ or (), epochs=epochs)
+    info = run_pretrain(data, out, settings, field_map=_field_map(field_map), skip_invalid=skip_invalid)
+    held = info["heldout"]
+    typer.echo(
+        f"pretrained on {info['n_train_texts']} texts ({info['steps']} steps, {info['train_seconds']:.0f} s) -> {out}"
+    )
+    typer.echo(
+        f"held-out MLM loss {held['before']['loss']:.3f} -> {held['after']['loss']:.3f} "
+        f"(perplexity {held['before']['perplexity']:.1f} -> {held['after']['perplexity']:.1f}, "
+        f"{held['texts']} texts)"
+    )
+
+
+@app.command()
 def predict(
     model: ModelOpt,
     data: DataOpt,

@@ -35,6 +35,7 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.records import CategoryPrediction, Event, Product, ScoredLabel
 from shangpin.sentence import (
     SENTENCE_ENCODERS,
+    MiniLMSentenceEncoder,
     SentenceEncoder,
     create_sentence_encoder,
     load_sentence_encoder,
@@ -65,7 +66,8 @@ class Categorizer(Stage[CategoryPrediction]):
             number at least `min_per_class` per category seen among them (it can only predict those categories),
             prototypes otherwise (any category of the taxonomy, improved by the few labels there are).
         encoder: sentence encoder: "none" (supervised only: TF-IDF alone, the fast path), "minilm", "use" or "auto"
-            (prototypes: "use" when the taxonomy or products contain Chinese, else "minilm").
+            (prototypes: "use" when the taxonomy or products contain Chinese, else "minilm"); or the folder of a
+            BERT-style Hugging Face checkpoint (e.g. written by `shangpin pretrain`), used like "minilm".
         use_description: read descriptions (the first `description_chars` characters).
         c: inverse regularisation of the linear SVM.
         dense_weight: scale of the sentence vectors next to the TF-IDF blocks.
@@ -79,6 +81,8 @@ class Categorizer(Stage[CategoryPrediction]):
         finetune_epochs: supervised with encoder minilm: first fine-tune the encoder's top `finetune_layers`
             layers as a classifier (early stopping on the dev split), then use its sentence vectors (0 = frozen).
         finetune_layers, finetune_learning_rate: see `finetune_epochs`.
+        finetune_lora_rank: > 0 fine-tunes LoRA adapters of this rank (peft) on every layer's attention and
+            feed-forward weights instead of the top `finetune_layers` layers in full; merged before the export.
         seed: seed for the dev split.
     """
 
@@ -113,6 +117,7 @@ class Categorizer(Stage[CategoryPrediction]):
         finetune_epochs: int = 0,
         finetune_layers: int = 2,
         finetune_learning_rate: float = 1e-4,
+        finetune_lora_rank: int = 0,
         seed: int = 13,
     ) -> None:
         self.taxonomy = taxonomy
@@ -132,6 +137,7 @@ class Categorizer(Stage[CategoryPrediction]):
         self.finetune_epochs = finetune_epochs
         self.finetune_layers = finetune_layers
         self.finetune_learning_rate = finetune_learning_rate
+        self.finetune_lora_rank = finetune_lora_rank
         self.seed = seed
 
     # ------------------------------------------------------------------ fit
@@ -143,8 +149,9 @@ class Categorizer(Stage[CategoryPrediction]):
                 "method must be auto, supervised or prototypes",
             ),
             (
-                self.encoder in ("none", "auto", *SENTENCE_ENCODERS),
-                "encoder must be none, auto, minilm or use",
+                self.encoder in ("none", "auto", *SENTENCE_ENCODERS) or self._checkpoint() != "",
+                f"encoder must be none, auto, minilm, use or a checkpoint folder with a config.json; found "
+                f"'{self.encoder}'",
             ),
             (self.candidates in ("leaves", "all"), "candidates must be leaves or all"),
             (0.0 <= self.dev_fraction < 0.9, "dev_fraction must be in [0, 0.9)"),
@@ -153,9 +160,11 @@ class Categorizer(Stage[CategoryPrediction]):
             (self.top_k >= 0, "top_k must be >= 0"),
             (self.unknown_categories in ("error", "skip"), "unknown_categories must be error or skip"),
             (self.finetune_epochs >= 0, "finetune_epochs must be >= 0"),
+            (self.finetune_lora_rank >= 0, "finetune_lora_rank must be >= 0 (0 = no LoRA)"),
             (
-                self.finetune_epochs == 0 or self.encoder in ("auto", "minilm"),
-                "fine-tuning (finetune_epochs > 0) works on the minilm encoder; set encoder=minilm",
+                self.finetune_epochs == 0 or self.encoder in ("auto", "minilm") or self._checkpoint() != "",
+                "fine-tuning (finetune_epochs > 0) works on the minilm encoder or a checkpoint folder; "
+                "set encoder=minilm",
             ),
         ]
         self._require(checks)
@@ -194,7 +203,11 @@ class Categorizer(Stage[CategoryPrediction]):
         }
         self._workdir = tempfile.TemporaryDirectory(prefix="shangpin-categorize-")
         self._sentence: SentenceEncoder | None = None
-        if self.encoder_kind_ != "none":
+        if self._checkpoint():
+            self._sentence = MiniLMSentenceEncoder.export(
+                Path(self._workdir.name), encoder=self._checkpoint()
+            )
+        elif self.encoder_kind_ != "none":
             self._sentence = create_sentence_encoder(self.encoder_kind_, Path(self._workdir.name))
 
         self._dense_cache: dict[int, np.ndarray] | None = {}
@@ -292,7 +305,15 @@ class Categorizer(Stage[CategoryPrediction]):
         )
         return paths
 
+    def _checkpoint(self) -> str:
+        """The checkpoint folder when `encoder` names one (its sentence vectors play the "minilm" role), else ""."""
+        if self.encoder in ("none", "auto", *SENTENCE_ENCODERS) or not self.encoder:
+            return ""
+        return self.encoder if (Path(self.encoder).expanduser() / "config.json").is_file() else ""
+
     def _encoder_kind(self, method: str, taxonomy: Taxonomy, products: Sequence[Product]) -> str:
+        if self._checkpoint():
+            return "minilm"
         if self.encoder != "auto":
             if method == "prototypes" and self.encoder == "none":
                 raise ConfigError(
@@ -320,12 +341,14 @@ class Categorizer(Stage[CategoryPrediction]):
             len(classes),
             dev_texts=[self._vector_text(p) for p in dev],
             dev_labels=[classes[p.category_path or ""] for p in dev],
+            encoder=self._checkpoint(),
             trainable_layers=self.finetune_layers,
             epochs=self.finetune_epochs,
             learning_rate=self.finetune_learning_rate,
+            lora_rank=self.finetune_lora_rank,
             seed=self.seed,
         )
-        export_finetuned(model, folder)
+        export_finetuned(model, folder, encoder=self._checkpoint())
         self._sentence = MiniLMSentenceEncoder(
             folder / MiniLMSentenceEncoder.ONNX_FILE, folder / MiniLMSentenceEncoder.TOKENIZER_FILE
         )

@@ -36,9 +36,13 @@ def finetune_encoder(
     learning_rate: float = 1e-4,
     batch_size: int = 32,
     max_length: int = 96,
+    lora_rank: int = 0,
     seed: int = 13,
 ) -> tuple[Any, dict[str, Any]]:
     """Train mean-pool + linear head over the encoder with its top `trainable_layers` layers unfrozen.
+
+    With `lora_rank` > 0 the encoder stays frozen and LoRA adapters of that rank (alpha = 2 x rank) on every
+    layer's query/key/value/dense weights train instead; they are merged into the weights before returning.
 
     Returns the fine-tuned bare encoder (a transformers model, for `export_onnx(..., output="last_hidden_state")`)
     and a log: per-epoch dev accuracy, the epoch kept and the seconds taken. Without dev data every epoch runs.
@@ -55,9 +59,17 @@ def finetune_encoder(
     layers = base.encoder.layer
     for p in base.parameters():
         p.requires_grad = False
-    for layer in layers[max(0, len(layers) - trainable_layers) :]:
-        for p in layer.parameters():
-            p.requires_grad = True
+    lora: dict[str, Any] = {}
+    if lora_rank:
+        from shangpin.lora import adapter_report, apply_lora
+
+        base = apply_lora(
+            base, rank=lora_rank, alpha=2 * lora_rank, dropout=0.1, targets="query,key,value,dense"
+        )
+    else:
+        for layer in layers[max(0, len(layers) - trainable_layers) :]:
+            for p in layer.parameters():
+                p.requires_grad = True
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(base.config.hidden_size, n_classes))
 
     def embed(batch_texts: Sequence[str]) -> Any:
@@ -119,12 +131,18 @@ def finetune_encoder(
                 break
     if best_state is not None:
         base.load_state_dict(best_state)
+    if lora_rank:
+        from shangpin.lora import merge
+
+        lora = adapter_report(base)
+        base, lora["full_model_bytes"] = merge(base)
     base.eval()
     info = {
         "dev_accuracy_per_epoch": history,
         "epochs_run": len(history) if history else epochs,
         "kept_epoch": (int(np.argmax(history)) + 1) if history else epochs,
         "seconds": round(time.perf_counter() - t0, 1),
+        **lora,
     }
     return base, info
 
