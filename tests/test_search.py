@@ -68,7 +68,7 @@ def test_index_writes_meta_and_memory_mapped_columns(indexed: Path) -> None:
     assert meta["size"] == len(CATALOG) and meta["encoder"] == "use" and len(meta["data_sha256"]) == 64
     assert meta["built_at"] and meta["stages"] == []
     index = SearchIndex.load(indexed)
-    assert isinstance(index.vectors, np.memmap) and index.vectors.dtype == np.float16
+    assert isinstance(index.vectors, np.memmap) and index.vectors.dtype == np.float32
     assert index.ids[index.row_of("z2")] == "z2" and index.titles[index.row_of("p4")] == CATALOG[3]["title"]
 
 

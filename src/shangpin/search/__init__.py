@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from shangpin.search.build import DEFAULT_ENCODER, build_index
-from shangpin.search.index import DEFAULT_FUSION, DEFAULT_WEIGHT, MODES, Hit, SearchIndex, hit_to_dict
+from shangpin.search.index import (
+    DEFAULT_FUSION,
+    DEFAULT_SIMILAR_WEIGHT,
+    DEFAULT_WEIGHT,
+    MODES,
+    Hit,
+    SearchIndex,
+    hit_to_dict,
+)
 
 __all__ = [
     "DEFAULT_ENCODER",
     "DEFAULT_FUSION",
+    "DEFAULT_SIMILAR_WEIGHT",
     "DEFAULT_WEIGHT",
     "MODES",
     "Hit",

@@ -46,7 +46,7 @@ def build_index(
     encoder: str = DEFAULT_ENCODER,
     batch_size: int = 256,
     description_chars: int = 200,
-    dtype: str = "float16",
+    dtype: str = "float32",
     k1: float = 1.2,
     b: float = 0.75,
     field_map: Mapping[str, str] | None = None,
@@ -63,7 +63,8 @@ def build_index(
         encoder: sentence encoder for the vectors, "use" (multilingual) or "minilm" (English).
         batch_size: products per batch (stages and encoder).
         description_chars: leading characters of the description added to the BM25 terms (0: title only).
-        dtype: storage type of the vectors, "float16" (half the size, cosines within 1e-3) or "float32".
+        dtype: storage type of the vectors: "float32", or "float16" for half the disk at ten times the query time
+            (numpy converts float16 to float32 slowly: 150 ms vs 15 ms per query over 35,623 vectors, measured).
         k1, b: BM25 parameters.
     """
     from shangpin.pipeline import Pipeline

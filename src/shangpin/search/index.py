@@ -32,7 +32,11 @@ MODES = ("hybrid", "bm25", "embedding")
 FUSIONS = ("minmax", "rrf")
 DEFAULT_FUSION = "minmax"
 DEFAULT_WEIGHT = 0.5
-"""Weight of BM25 in the fused score (1 - weight for the cosine); chosen on the fashion benchmarks."""
+"""Weight of BM25 in the fused score of `search` (1 - weight for the cosine): best NDCG@10 on the WANDS queries
+(docs/BENCHMARKS.md, issue 5); attribute-word queries on fashion titles prefer more BM25 (0.8), so it is a compromise."""
+DEFAULT_SIMILAR_WEIGHT = 0.3
+"""Weight of BM25 in `similar`: on fashion, less BM25 finds more products of the same type, gender and colour
+(shared rare words such as brand names otherwise dominate), while some BM25 still helps the product type."""
 RRF_K = 60
 _CHUNK_ROWS = 65536  # vectors scored per block: bounds the float32 copy of a float16 memory map
 
@@ -167,7 +171,7 @@ class SearchIndex:
         *,
         mode: str = "hybrid",
         fusion: str = DEFAULT_FUSION,
-        weight: float = DEFAULT_WEIGHT,
+        weight: float = DEFAULT_SIMILAR_WEIGHT,
         candidates: int = 100,
     ) -> list[Hit]:
         """The k products most similar to an indexed product (itself excluded): its terms, including its category,
@@ -183,7 +187,7 @@ class SearchIndex:
         *,
         mode: str = "hybrid",
         fusion: str = DEFAULT_FUSION,
-        weight: float = DEFAULT_WEIGHT,
+        weight: float = DEFAULT_SIMILAR_WEIGHT,
         candidates: int = 100,
     ) -> list[Hit]:
         """`similar` for a row number (benchmarks query thousands of rows)."""
