@@ -194,3 +194,12 @@ def test_cli_errors_exit_with_messages(tmp_path: Path) -> None:
         [*run, "search", "--model", str(tmp_path / "none"), "shirt"], capture_output=True, text=True
     )
     assert out.returncode == 1 and "shangpin index --model" in out.stderr
+
+
+def test_default_weight_follows_the_facets(indexed: Path, tmp_path: Path) -> None:
+    assert SearchIndex.load(indexed).default_weight() == 0.8  # every product has a category
+    bare = [{"id": r["id"], "title": r["title"]} for r in CATALOG]
+    build_index(tmp_path / "m", _write(tmp_path / "bare.jsonl", bare))
+    index = SearchIndex.load(tmp_path / "m")
+    assert index.meta["facet_share"] == 0.0
+    assert index.default_weight() == 0.5

@@ -5,8 +5,8 @@ from __future__ import annotations
 from shangpin.search.build import DEFAULT_ENCODER, build_index
 from shangpin.search.index import (
     DEFAULT_FUSION,
-    DEFAULT_SIMILAR_WEIGHT,
     DEFAULT_WEIGHT,
+    FACETED_WEIGHT,
     MODES,
     Hit,
     SearchIndex,
@@ -16,8 +16,8 @@ from shangpin.search.index import (
 __all__ = [
     "DEFAULT_ENCODER",
     "DEFAULT_FUSION",
-    "DEFAULT_SIMILAR_WEIGHT",
     "DEFAULT_WEIGHT",
+    "FACETED_WEIGHT",
     "MODES",
     "Hit",
     "SearchIndex",

@@ -93,10 +93,12 @@ def build_index(
     vocab: dict[str, int] = {}
     doc_ids: list[list[int]] = []
     ids: list[str] = []
+    with_facets = 0
     for batch in batched(track(annotated, "indexing products"), batch_size):
         texts = []
         for product in batch:
             facets = product_facets(product)
+            with_facets += bool(facets)
             words = doc_terms(product, facets, description_chars)
             doc_ids.append([vocab.setdefault(w, len(vocab)) for w in words])
             ids.append(product.product_id)
@@ -131,6 +133,7 @@ def build_index(
         "dim": enc.dim,
         "dtype": dtype,
         "vocabulary": len(vocab),
+        "facet_share": round(with_facets / n, 4) if n else 0.0,
         "bm25": {"k1": k1, "b": b, "method": "lucene"},
         "description_chars": description_chars,
         "stages": pipeline.names,

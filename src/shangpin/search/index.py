@@ -32,11 +32,14 @@ MODES = ("hybrid", "bm25", "embedding")
 FUSIONS = ("minmax", "rrf")
 DEFAULT_FUSION = "minmax"
 DEFAULT_WEIGHT = 0.5
-"""Weight of BM25 in the fused score of `search` (1 - weight for the cosine): best NDCG@10 on the WANDS queries
-(docs/BENCHMARKS.md, issue 5); attribute-word queries on fashion titles prefer more BM25 (0.8), so it is a compromise."""
-DEFAULT_SIMILAR_WEIGHT = 0.3
-"""Weight of BM25 in `similar`: on fashion, less BM25 finds more products of the same type, gender and colour
-(shared rare words such as brand names otherwise dominate), while some BM25 still helps the product type."""
+"""Weight of BM25 in the fused score (1 - weight for the cosine) for an index of bare titles: the best NDCG@10 on
+the WANDS queries and the best mean over the two similar-products sets (fashion 41.1, Chinese titles 30.6; 0.3: 42.1
+and 28.6); docs/BENCHMARKS.md, issue 5."""
+FACETED_WEIGHT = 0.8
+"""Weight of BM25 when most products have a category, tags or attributes (given or
+predicted by the model's stages): their whole-value terms make BM25 the stronger signal (fashion dev products
+indexed through trained stages: similar 38.9 vs 34.7 at 0.3, attribute queries NDCG@10 89.5 vs 82.2 at 0.5)."""
+FACETED_SHARE = 0.5
 RRF_K = 60
 _CHUNK_ROWS = 65536  # vectors scored per block: bounds the float32 copy of a float16 memory map
 
@@ -129,6 +132,13 @@ class SearchIndex:
             self._encoder = load_sentence_encoder(self.meta["encoder"], self.folder / ENCODER_DIR)
         return self._encoder
 
+    def default_weight(self) -> float:
+        """BM25's share of the fused score by default: higher when most indexed products carry a category, tags or
+        attributes (their whole-value terms make BM25 the stronger signal)."""
+        if float(self.meta.get("facet_share", 0.0)) >= FACETED_SHARE:
+            return FACETED_WEIGHT
+        return DEFAULT_WEIGHT
+
     def row_of(self, product_id: str) -> int:
         """The row of a product id; DataError naming the id (and the nearest ids) when the index lacks it."""
         key = self.ids.__getitem__
@@ -150,10 +160,12 @@ class SearchIndex:
         *,
         mode: str = "hybrid",
         fusion: str = DEFAULT_FUSION,
-        weight: float = DEFAULT_WEIGHT,
+        weight: float | None = None,
         candidates: int = 100,
     ) -> list[Hit]:
-        """The k products that best match a text query (any language the encoder reads)."""
+        """The k products that best match a text query (any language the encoder reads). `weight` is BM25's share
+        of the fused score; None: the default for this index (`default_weight`)."""
+        weight = self.default_weight() if weight is None else weight
         _check(mode, fusion, weight, k)
         if not self.size or not query.strip():
             return []
@@ -171,11 +183,12 @@ class SearchIndex:
         *,
         mode: str = "hybrid",
         fusion: str = DEFAULT_FUSION,
-        weight: float = DEFAULT_SIMILAR_WEIGHT,
+        weight: float | None = None,
         candidates: int = 100,
     ) -> list[Hit]:
         """The k products most similar to an indexed product (itself excluded): its terms, including its category,
         tags and attribute values as whole-value terms, against BM25, and its stored vector against the others."""
+        weight = self.default_weight() if weight is None else weight
         _check(mode, fusion, weight, k)
         row = self.row_of(product_id)
         return self.similar_to_row(row, k, mode=mode, fusion=fusion, weight=weight, candidates=candidates)
@@ -187,10 +200,11 @@ class SearchIndex:
         *,
         mode: str = "hybrid",
         fusion: str = DEFAULT_FUSION,
-        weight: float = DEFAULT_SIMILAR_WEIGHT,
+        weight: float | None = None,
         candidates: int = 100,
     ) -> list[Hit]:
         """`similar` for a row number (benchmarks query thousands of rows)."""
+        weight = self.default_weight() if weight is None else weight
         qterms = [t for t in self.terms[row].split("\t") if t]
         s_bm25 = self._bm25_scores(qterms) if mode != "embedding" else None
         s_cos = self._cosines(np.asarray(self.vectors[row], dtype=np.float32)) if mode != "bm25" else None
