@@ -247,7 +247,7 @@ class SearchIndex:
             assert s_bm25 is not None
             top = _top(s_bm25, k)
             return [(int(r), float(s_bm25[r])) for r in top if s_bm25[r] > 0]
-        if mode == "embedding" or s_bm25 is None:
+        if mode == "embedding" or s_bm25 is None or not (s_bm25 > 0).any():  # no term matched: vectors alone
             top = _top(s_cos, k)
             return [(int(r), float(s_cos[r])) for r in top if np.isfinite(s_cos[r])]
         n_cand = max(candidates, k)
