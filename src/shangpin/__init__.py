@@ -11,7 +11,7 @@ from shangpin.errors import (
     NotFittedError,
     ShangpinError,
 )
-from shangpin.records import AttributeValue, CategoryPrediction, Event, Product, ScoredLabel
+from shangpin.records import AttributeValue, CategoryPrediction, Event, Product, ScoredLabel, TagSuggestion
 
 __all__ = [
     "AttributeValue",
@@ -23,6 +23,7 @@ __all__ = [
     "NotFittedError",
     "Product",
     "ScoredLabel",
+    "TagSuggestion",
     "ShangpinError",
     "__version__",
 ]

@@ -324,3 +324,71 @@ def _confusion_svg(gold: Sequence[str], pred: Sequence[str], max_classes: int = 
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
+
+
+# --------------------------------------------------------------------------- tags (Annif-style)
+
+
+def tag_scores(gold: Sequence[Iterable[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Annif-style tag metrics in percent, as docs/metrics.md defines them.
+
+    `pred` holds each product's returned tags, best first. F1@5: per product, precision (correct / number returned,
+    at most 5) and recall (correct / gold) of the top 5 returned, F1 averaged over products. NDCG@10 with binary
+    gains. P@k: correct among the top k divided by k (returning fewer than k counts the gap as wrong). Products
+    without gold tags are left out. Tags compare as exact strings.
+    """
+    import math
+
+    if len(gold) != len(pred):
+        raise ValueError(f"expected as many predictions as gold tag sets, found {len(pred)} and {len(gold)}")
+    sums: dict[str, float] = defaultdict(float)
+    n = 0
+    for g_tags, p_tags in zip(gold, pred, strict=True):
+        g = set(g_tags)
+        if not g:
+            continue
+        n += 1
+        top5 = list(p_tags[:5])
+        hit5 = sum(t in g for t in top5)
+        p5 = hit5 / len(top5) if top5 else 0.0
+        r5 = hit5 / len(g)
+        sums["f1@5"] += 2 * p5 * r5 / (p5 + r5) if p5 + r5 else 0.0
+        dcg = sum(1 / math.log2(i + 2) for i, t in enumerate(p_tags[:10]) if t in g)
+        idcg = sum(1 / math.log2(i + 2) for i in range(min(len(g), 10)))
+        sums["ndcg@10"] += dcg / idcg
+        for k in (1, 3, 5):
+            sums[f"p@{k}"] += sum(t in g for t in p_tags[:k]) / k
+    keys = ("f1@5", "ndcg@10", "p@1", "p@3", "p@5")
+    return {k.replace("@", "_at_"): 100 * sums[k] / n if n else 0.0 for k in keys}
+
+
+def tag_macro_f1(
+    gold: Sequence[Iterable[str]], pred: Sequence[Iterable[str]], labels: Iterable[str] | None = None
+) -> tuple[float, list[dict[str, Any]]]:
+    """Macro-F1 over tags (percent) of the returned tag sets, and a per-tag table (support, P, R, F1).
+
+    Averaged over `labels` (default: every tag in the gold), so rare tags weigh as much as frequent ones; a tag
+    that is never returned has F1 0.
+    """
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for g_tags, p_tags in zip(gold, pred, strict=True):
+        g, p = set(g_tags), set(p_tags)
+        for t in g & p:
+            tp[t] += 1
+        for t in p - g:
+            fp[t] += 1
+        for t in g - p:
+            fn[t] += 1
+    names = sorted(set(labels) if labels is not None else set(tp) | set(fn))
+    rows: list[dict[str, Any]] = []
+    for t in names:
+        prec = tp[t] / (tp[t] + fp[t]) if tp[t] + fp[t] else 0.0
+        rec = tp[t] / (tp[t] + fn[t]) if tp[t] + fn[t] else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        rows.append(
+            {"tag": t, "support": tp[t] + fn[t], "precision": 100 * prec, "recall": 100 * rec, "f1": 100 * f1}
+        )
+    macro = sum(float(r["f1"]) for r in rows) / len(rows) if rows else 0.0
+    return macro, sorted(rows, key=lambda r: (-r["support"], r["tag"]))

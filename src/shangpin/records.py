@@ -18,6 +18,19 @@ class ScoredLabel:
 
 
 @dataclass(frozen=True, slots=True)
+class TagSuggestion(ScoredLabel):
+    """A recommended tag: `score` in [0, 1], best first in a product's list.
+
+    `selected` says whether the score reached the threshold tuned for this tag on the dev split (the list itself is
+    ranked and capped, so ranking metrics can use all of it); `new` marks a keyphrase taken from the product's
+    text that is not in the tag vocabulary.
+    """
+
+    selected: bool = True
+    new: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AttributeValue:
     """One attribute value.
 
@@ -99,6 +112,8 @@ class Product:
     # Outputs, each written by one stage.
     extracted: dict[str, AttributeValue] = field(default_factory=dict)
     predicted: dict[str, AttributeValue] = field(default_factory=dict)
+    new_tags: list[ScoredLabel] = field(default_factory=list)
+    """Keyphrase tags outside the tag vocabulary (written by `recommend_tags` next to `tags`)."""
 
     @property
     def category_path(self) -> str | None:

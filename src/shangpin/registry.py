@@ -29,11 +29,18 @@ def _predict_attributes() -> type[Stage[Any]]:
     return AttributePredictor
 
 
+def _recommend_tags() -> type[Stage[Any]]:
+    from shangpin.stages.recommend_tags import TagRecommender
+
+    return TagRecommender
+
+
 # Alphabetical; the pipeline order is STAGE_ORDER below.
 _STAGES: dict[str, Callable[[], type[Stage[Any]]]] = {
     "categorize": _categorize,
     "extract_attributes": _extract_attributes,
     "predict_attributes": _predict_attributes,
+    "recommend_tags": _recommend_tags,
 }
 
 # Order in which stages run when several are in one model (earlier stages feed later ones).
@@ -44,6 +51,7 @@ TASKS: dict[str, str] = {
     "categorize": "categorize",
     "extract": "extract_attributes",
     "attributes": "predict_attributes",
+    "tags": "recommend_tags",
 }
 
 

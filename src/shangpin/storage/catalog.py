@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from shangpin.errors import DataError
-from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
+from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel, TagSuggestion
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +352,20 @@ def product_to_output(product: Product, fields: Iterable[str]) -> dict[str, Any]
     if attrs:
         out["attributes"] = attrs
     if "tags" in fields:
-        out["tags"] = [{"tag": t.label, "score": round(t.score, 4)} for t in product.tags]
+        out["tags"] = [tag_to_dict(t) for t in product.tags]
+    if "new_tags" in fields and product.new_tags:
+        out["new_tags"] = [tag_to_dict(t) for t in product.new_tags]
     return out
+
+
+def tag_to_dict(tag: ScoredLabel) -> dict[str, Any]:
+    """One tag in the output contract: {"tag", "score"}, plus "selected" and "new" for recommended tags."""
+    d: dict[str, Any] = {"tag": tag.label, "score": round(tag.score, 4)}
+    if isinstance(tag, TagSuggestion):
+        d["selected"] = tag.selected
+        if tag.new:
+            d["new"] = True
+    return d
 
 
 def attribute_to_dict(av: AttributeValue) -> dict[str, Any]:

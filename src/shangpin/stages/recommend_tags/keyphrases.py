@@ -1,0 +1,130 @@
+"""Keyphrase tags for what a tag vocabulary does not cover: extractive, scored with the encoder (EmbedRank idea).
+
+Candidates are word n-grams (1-3 words) of the title that neither start nor end with a stop word, are not only
+digits, and hold no word of a vocabulary tag (singular or plural): what the vocabulary already says is returned
+as a vocabulary tag. The title and its candidates go through the encoder as one batch (mean-pooled sentence
+vectors, as KeyBERT does); a candidate scores its cosine to the title. Maximal marginal relevance (lambda 0.7)
+keeps the chosen phrases from repeating each other. The shipped MiniLM
+reads English only; titles in other scripts yield no keyphrases.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shangpin.normalize import value_key
+from shangpin.records import Product
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'&+.-]*[A-Za-z0-9+]|[A-Za-z0-9]")
+STOP = frozenset(
+    """a an and at by for from in into of on or the to with without is are be as this that these those it its
+    set pack pcs piece pieces new size sizes x vs per""".split()
+)
+MMR_LAMBDA = 0.7
+MAX_WORDS = 3
+
+
+def _singular(key: str) -> str:
+    for suffix in ("ies", "es", "s"):
+        if key.endswith(suffix) and len(key) > len(suffix) + 2:
+            return key[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return key
+
+
+def known_words(tags: Sequence[str]) -> set[str]:
+    """The singular keys of every word of the vocabulary's tags ("Track Pants" -> {"track", "pant"})."""
+    return {_singular(value_key(w)) for t in tags for w in _WORD.findall(t)} | {
+        _singular(value_key(t)) for t in tags
+    }
+
+
+def candidates(title: str, known: set[str]) -> list[tuple[str, int, int]]:
+    """(phrase, start char, end char) candidates of `title`, see the module docstring; `known` from known_words."""
+    words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(title)]
+    out: list[tuple[str, int, int]] = []
+    seen: set[str] = set()
+    for n in range(1, MAX_WORDS + 1):
+        for i in range(len(words) - n + 1):
+            span = words[i : i + n]
+            first, last = span[0][0].casefold(), span[-1][0].casefold()
+            if first in STOP or last in STOP or all(w.replace(".", "").isdigit() for w, _, _ in span):
+                continue
+            phrase = title[span[0][1] : span[-1][2]]
+            key = value_key(phrase)
+            if len(key) < 3 or key in seen:
+                continue
+            seen.add(key)
+            if _singular(key) in known or any(_singular(value_key(w)) in known for w, _, _ in span):
+                continue
+            out.append((phrase, span[0][1], span[-1][2]))
+    return out
+
+
+class KeyphraseExtractor:
+    """Ranks a title's candidate phrases by cosine to the title in the encoder's contextual token space.
+
+    Args:
+        encoder: checkpoint folder ("" = the shipped MiniLM).
+        known: the vocabulary's words (`known_words`); phrases holding one are not candidates.
+        max_length: tokens read per title.
+    """
+
+    def __init__(self, encoder: str = "", known: set[str] | None = None, max_length: int = 64) -> None:
+        self.encoder = encoder
+        self.known = known or set()
+        self.max_length = max_length
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from shangpin.encoders import num_threads, resolve_encoder
+
+        torch.set_num_threads(num_threads())
+        path = resolve_encoder(self.encoder)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self._model = AutoModel.from_pretrained(str(path)).eval()
+
+    def extract(self, products: Sequence[Product], k: int, min_score: float) -> list[list[tuple[str, float]]]:
+        """Per product, at most `k` (phrase, score) best first; one title at a time, so a product's keyphrases
+        never depend on its batch."""
+        out: list[list[tuple[str, float]]] = []
+        for product in products:
+            cands = candidates(product.title, self.known)
+            out.append(self._rank(product.title, cands, k, min_score) if cands else [])
+        return out
+
+    def _rank(
+        self, title: str, cands: list[tuple[str, int, int]], k: int, min_score: float
+    ) -> list[tuple[str, float]]:
+        import torch
+
+        if self._model is None:
+            self._load()
+        phrases = [c[0] for c in cands]
+        enc = self._tokenizer(
+            [title, *phrases], truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            hidden = self._model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
+        d, V = pooled[0], pooled[1:]
+        relevance = V @ d
+        chosen: list[int] = []
+        while len(chosen) < min(k, len(phrases)):
+            redundancy = (V @ V[chosen].T).max(1) if chosen else np.zeros(len(phrases))
+            mmr = MMR_LAMBDA * relevance - (1 - MMR_LAMBDA) * redundancy
+            mmr[chosen] = -np.inf
+            j = int(np.argmax(mmr))
+            if relevance[j] < min_score:
+                break
+            chosen.append(j)
+        return sorted(((phrases[j], float(relevance[j])) for j in chosen), key=lambda x: -x[1])
