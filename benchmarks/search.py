@@ -530,6 +530,64 @@ def with_stages(work: Path, n_queries: int, seed: int) -> dict[str, Any]:
     return result
 
 
+class _RandomEncoder:
+    """Stand-in sentence encoder for the scale run: random unit vectors, so the run times everything but encoding."""
+
+    kind, dim = "use", 512
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        v = self.rng.standard_normal((len(texts), self.dim), dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def save(self, folder: Path) -> None:
+        """Nothing to save."""
+
+
+def scale_child(data: Path, model: Path) -> None:
+    """Build an index with the stand-in encoder (run under /usr/bin/time by `scale`)."""
+    import shangpin.search.build as build_module
+
+    build_module.create_sentence_encoder = lambda kind, folder: _RandomEncoder()  # type: ignore[assignment,misc,return-value]
+    t0 = time.perf_counter()
+    meta = build_module.build_index(model, data)
+    print(json.dumps({"size": meta["size"], "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+def scale(work: Path, n: int) -> dict[str, Any]:
+    """Memory and time of everything but sentence encoding at `n` products (fashion titles repeated, unique ids),
+    and query latency over an index of that size (real USE encoding of the query, random product vectors)."""
+    titles = [p.title for p in read_products(DATA / "fashion" / "styles.csv")]
+    data = work / f"scale_{n}.jsonl"
+    with open(data, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"p{i}", "title": titles[i % len(titles)]}) + "\n")
+    model = work / f"scale-{n}"
+    wall, rss, out = run_timed([sys.executable, __file__, "--scale-child", str(data), str(model)])
+    info = json.loads(out.strip().splitlines()[-1])
+    sizes = {f.name: f.stat().st_size for f in (model / "index").rglob("*") if f.is_file()}
+    result: dict[str, Any] = {
+        "products": info["size"],
+        "build_wall_s": round(wall, 1),
+        "products_per_s_without_encoding": round(info["size"] / wall, 1),
+        "build_peak_rss_mib": rss,
+        "index_mib": round(sum(sizes.values()) / 2**20, 1),
+        "vectors_mib": round(sizes.get("vectors.npy", 0) / 2**20, 1),
+    }
+    print(f"  scale build: {json.dumps(result)}", flush=True)
+    index = SearchIndex.load(model)
+    queries = ["men navy blue shirts", "women black handbags", "kids sports shoes", "gold watch", "red dress"]
+    result["latency"] = latency(index, queries * 4, list(range(0, n, max(1, n // 20)))[:20])
+    wall, rss, _ = run_timed([str(BIN / "shangpin"), "similar", "--model", str(model), "p12345"])
+    result["similar_command"] = {"wall_s": round(wall, 2), "peak_rss_mib": rss}
+    wall, rss, _ = run_timed([str(BIN / "shangpin"), "search", "--model", str(model), "men navy blue shirts"])
+    result["search_command"] = {"wall_s": round(wall, 2), "peak_rss_mib": rss}
+    print(f"  scale: {json.dumps(result)}", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -538,12 +596,19 @@ def main() -> None:
     parser.add_argument("--encoders", default="use,minilm")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--only", choices=["fashion", "wands", "zh", "stages"], default=None)
+    parser.add_argument("--only", choices=["fashion", "wands", "zh", "stages", "scale"], default=None)
     parser.add_argument(
         "--limit", type=int, default=None, help="Fashion: first N products only (smoke runs)."
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument(
+        "--scale", type=int, default=0, help="Also time an index of N products (stand-in vectors)."
+    )
+    parser.add_argument("--scale-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_child:
+        scale_child(*args.scale_child)
+        return
     os.environ.setdefault("SHANGPIN_PROGRESS", "0")
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -562,6 +627,9 @@ def main() -> None:
     if args.only in (None, "stages"):
         print("fashion dev products indexed through trained stages", flush=True)
         results["stages"] = with_stages(args.workdir, args.queries, args.seed)
+    if args.scale and args.only in (None, "scale"):
+        print(f"scale: {args.scale} products", flush=True)
+        results["scale"] = scale(args.workdir, args.scale)
     results["total_s"] = round(time.perf_counter() - t0, 1)
     out = args.out / f"search{'-' + args.only if args.only else ''}.json"
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
