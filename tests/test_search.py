@@ -140,6 +140,8 @@ def test_empty_catalog(tmp_path: Path) -> None:
     meta = build_index(tmp_path / "m", _write(tmp_path / "e.jsonl", []))
     assert meta["size"] == 0
     assert SearchIndex.load(tmp_path / "m").search("shirt") == []
+    build_index(tmp_path / "m", _write(tmp_path / "two.jsonl", CATALOG[:2]))  # a rebuild replaces the index
+    assert SearchIndex.load(tmp_path / "m").size == 2 and not list(tmp_path.glob("m/.index*"))
 
 
 def test_index_runs_the_model_stages_and_keeps_given_categories(tmp_path: Path) -> None:

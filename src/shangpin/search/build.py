@@ -114,6 +114,7 @@ def build_index(
     n = len(ids)
 
     if n:
+        log.info("index: BM25 over %d products, %d terms", n, len(vocab))
         # bm25s takes (token ids per document, vocabulary); ours is built while streaming, so no list of strings.
         retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
         retriever.index((doc_ids, vocab or {"": 0}), create_empty_token=False, show_progress=False)
