@@ -276,7 +276,7 @@ class TagRecommender(Stage[Prediction]):
         from shangpin.stages.recommend_tags.models import LinearTagModel, TreeTagModel
 
         index = {k: i for i, k in enumerate(self.tag_keys_)}
-        Y = np.zeros((len(products), len(index)), dtype=np.int8)
+        Y = np.zeros((len(products), len(index)), dtype=np.uint8)
         for i, ts in enumerate(tags):
             for t in ts:
                 if t in index:

@@ -34,7 +34,8 @@ class LinearTagModel:
         X = X.copy()
         X.sort_indices()  # liblinear in worker processes cannot sort a read-only matrix itself
         self.model = OneVsRestClassifier(LogisticRegression(solver="liblinear", C=self.C), n_jobs=self.n_jobs)
-        self.model.fit(X, Y)
+        # uint8, not int8: scikit-learn 1.9's one-vs-rest silently learns wrong columns from a signed int8 matrix.
+        self.model.fit(X, np.asarray(Y, dtype=np.uint8))
         return self
 
     def scores(self, X: sparse.csr_matrix) -> np.ndarray:
