@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/shangpin train --task extract --data demo/train.jsonl --model demo/model --config configs/demo.toml
 	$(BIN)/shangpin train --task attributes --data demo/train.jsonl --model demo/model \
 		--set rules_file=demo/rules.toml --set synonyms_file=demo/synonyms.toml
+	$(BIN)/shangpin train --task tags --data demo/train.jsonl --model demo/model
 	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl
 	$(BIN)/shangpin view demo/enriched.jsonl --data demo/products.jsonl --limit 12
 	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/report.html

@@ -223,3 +223,17 @@ def test_each_model_alone_ranks_the_right_tags(weight: float) -> None:
     for product, (tags, _) in zip(test, stage.predict(test), strict=True):
         gold = {t.label for t in product.tags}
         assert {t.label for t in tags[: len(gold)]} == gold, (weight, product.title, tags)
+
+
+def test_tag_command_prints_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shangpin.cli import app
+    from shangpin.pipeline import Pipeline
+
+    model = tmp_path / "model"
+    Pipeline([TagRecommender(keyphrases=0).fit(catalogue(60))]).save(model)
+    result = CliRunner().invoke(app, ["tag", "--model", str(model), "Brand1 Men Red Jeans"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {t["tag"] for t in out["tags"][:2]} == {"Jeans", "Red"}

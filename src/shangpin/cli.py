@@ -70,7 +70,9 @@ def _field_map(pairs: list[str] | None) -> dict[str, str] | None:
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option("--task", "-t", help="What to train: categorize, extract.")],
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="What to train: categorize, extract, attributes, tags.")
+    ],
     data: DataOpt,
     model: ModelOpt,
     config: ConfigOpt = None,
@@ -294,6 +296,17 @@ def categorize(
 
 
 @app.command()
+def tag(
+    model: ModelOpt,
+    title: Annotated[str, typer.Argument(help="Product title.")],
+    description: Annotated[str, typer.Option("--description", help="Product description.")] = "",
+) -> None:
+    """Recommend tags for one product; JSON to stdout (tags best first with "selected", and "new_tags")."""
+    out = _run_one(model, "recommend_tags", title=title, description=description)
+    typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+@app.command()
 def taxonomy(
     source: Annotated[
         Path, typer.Argument(help="Taxonomy file (Shopify, Google, Best Buy, paths) or Shopify folder.")
@@ -357,7 +370,10 @@ def view(
             else:
                 other = given.category_path or "" if given else ""
             if row.get("tags"):
-                other += ("\n" if other else "") + ", ".join(t["tag"] for t in row["tags"])
+                picked = [t["tag"] for t in row["tags"] if t.get("selected", True)] or [row["tags"][0]["tag"]]
+                other += ("\n" if other else "") + "tags: " + ", ".join(picked)
+            if row.get("new_tags"):
+                other += "\nnew: " + ", ".join(t["tag"] for t in row["new_tags"])
             table.add_row(row["id"], given.title if given else "", attrs or "(none found)", other)
     Console().print(table)
 
