@@ -83,13 +83,29 @@ class KeyphraseExtractor:
     def _load(self) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from shangpin.encoders import num_threads, resolve_encoder
 
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # "Loading weights" bars would clutter every predict
         torch.set_num_threads(num_threads())
         path = resolve_encoder(self.encoder)
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         self._model = AutoModel.from_pretrained(str(path)).eval()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled, L2-normalised encoder vectors (the sentence-transformers pooling of all-MiniLM-L6-v2)."""
+        import torch
+
+        enc = self._tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            hidden = self._model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled: np.ndarray = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        out: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
+        return out
 
     def extract(self, products: Sequence[Product], k: int, min_score: float) -> list[list[tuple[str, float]]]:
         """Per product, at most `k` (phrase, score) best first; one title at a time, so a product's keyphrases
@@ -103,20 +119,13 @@ class KeyphraseExtractor:
     def _rank(
         self, title: str, cands: list[tuple[str, int, int]], k: int, min_score: float
     ) -> list[tuple[str, float]]:
-        import torch
-
         if self._model is None:
             self._load()
         phrases = [c[0] for c in cands]
-        enc = self._tokenizer(
-            [title, *phrases], truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-        )
-        with torch.inference_mode():
-            hidden = self._model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
-        d, V = pooled[0], pooled[1:]
+        # The title alone, then the short phrases together: padding phrases to the title's length would cost
+        # several times more.
+        d = self._embed([title])[0]
+        V = self._embed(phrases)
         relevance = V @ d
         chosen: list[int] = []
         while len(chosen) < min(k, len(phrases)):
