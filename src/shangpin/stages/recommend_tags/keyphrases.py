@@ -81,14 +81,12 @@ class KeyphraseExtractor:
         self._tokenizer: Any = None
 
     def _load(self) -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from shangpin.encoders import num_threads, resolve_encoder
+        from shangpin.encoders import resolve_encoder
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # "Loading weights" bars would clutter every predict
-        torch.set_num_threads(num_threads())
         path = resolve_encoder(self.encoder)
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         self._model = AutoModel.from_pretrained(str(path)).eval()
@@ -100,8 +98,15 @@ class KeyphraseExtractor:
         enc = self._tokenizer(
             texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
         )
-        with torch.inference_mode():
-            hidden = self._model(**enc).last_hidden_state
+        # One thread: these matrices are tiny, and on busy cores a second thread's synchronisation made a forward
+        # pass 30x slower (0.50 s vs 0.017 s for one title, measured under load).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                hidden = self._model(**enc).last_hidden_state
+        finally:
+            torch.set_num_threads(threads)
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled: np.ndarray = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
         out: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
