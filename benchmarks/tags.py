@@ -13,6 +13,7 @@ from the tags, so those types are out of vocabulary; on dev products of such a t
 keyphrase tag names the type (same key, singular or plural; or the type's key inside the phrase's).
 
     python benchmarks/tags.py [--seed 13] [--out benchmarks/out] [--skip-keyphrases]
+    python benchmarks/tags.py --scale MIN_COUNT     # many tags: title word bigrams as extra tags
 """
 
 from __future__ import annotations
@@ -186,6 +187,36 @@ def keyphrase_study(train: list[Product], dev: list[Product], rare: int) -> dict
     }
 
 
+def scale_study(train: list[Product], dev: list[Product], min_count: int) -> dict[str, Any]:
+    """Many tags: each training title's word bigrams become tags too (real text-derived tags; quality is not the
+    point); train time, predict speed and peak RSS of the stage with that vocabulary."""
+    import re
+
+    def bigrams(title: str) -> list[str]:
+        w = re.findall(r"\w+", title.lower())
+        return [f"{a} {b}" for a, b in zip(w, w[1:], strict=False)]
+
+    many = [
+        Product(p.product_id, p.title, tags=p.tags + [ScoredLabel(t, 1.0) for t in bigrams(p.title)])
+        for p in train
+    ]
+    stage = TagRecommender(keyphrases=0, min_count=min_count)
+    t0 = time.perf_counter()
+    stage.fit(many)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stage.predict(dev[:2000])
+    pred_s = time.perf_counter() - t0
+    return {
+        "min_count": min_count,
+        "n_tags": len(stage.tag_keys_),
+        "linear_model": stage.linear_ is not None,
+        "train_s": round(fit_s, 1),
+        "predict_per_s": round(min(2000, len(dev)) / pred_s),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=13)
@@ -196,6 +227,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     ap.add_argument("--skip-keyphrases", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        help="only the many-tags study, with this min_count (word bigrams as tags)",
+    )
     args = ap.parse_args()
     if not DATA.is_file():
         sys.exit(f"expected the fashion data at {DATA}; it is not there")
@@ -208,6 +245,9 @@ def main() -> None:
         flush=True,
     )
     results: dict[str, Any] = {"n_train": len(train), "n_dev": len(dev), "seed": args.seed}
+    if args.scale:
+        print(json.dumps(scale_study(train, dev, args.scale)))
+        return
     if not args.skip_baselines:
         results["baselines"] = baselines(train, dev, gold)
     run = run_stage(train, dev, gold, keyphrases=0)
