@@ -371,9 +371,13 @@ class TagRecommender(Stage[Prediction]):
                 if t in index:
                     truth[i, index[t]] = True
         grid = np.array(THRESHOLD_GRID, dtype=np.float32)
-        pred = ranked[:, :, None] >= grid[None, None, :]  # (n, m, grid)
-        tp = (pred & truth[:, :, None]).sum(0)
-        f1 = 2 * tp / np.maximum(pred.sum(0) + truth.sum(0)[:, None], 1)  # (m, grid)
+        # One grid value at a time: an (n, m, grid) array would take gigabytes at tens of thousands of tags.
+        f1 = np.zeros((m, len(grid)))
+        positives = truth.sum(0)
+        for g, t in enumerate(grid):
+            pred = ranked >= t
+            tp = (pred & truth).sum(0)
+            f1[:, g] = 2 * tp / np.maximum(pred.sum(0) + positives, 1)
         global_best = float(grid[int(np.argmax(f1.sum(0)))])
         out = np.full(m, global_best, dtype=np.float32)
         enough = truth.sum(0) >= MIN_DEV_POSITIVES
