@@ -275,7 +275,17 @@ def _run_one(model: Path, stage: str, title: str, **fields: str | None) -> dict[
     from shangpin.storage.catalog import product_from_dict, product_to_output
 
     _setup_logging(False)
+    from shangpin.errors import ConfigError
+    from shangpin.registry import get_stage_class
+    from shangpin.storage.artifacts import read_pipeline_meta
+
     pipeline = Pipeline.load(model, stages=[stage])
+    if stage not in pipeline.names:
+        raise ConfigError(
+            f"{model} has no '{stage}' stage (it has: {', '.join(read_pipeline_meta(model)['stages']) or 'none'}); "
+            "add one with "
+            f"'shangpin train --task {get_stage_class(stage).task} --data TRAIN.jsonl --model {model}'"
+        )
     obj: dict[str, Any] = {"id": "cli", "title": title, **{k: v for k, v in fields.items() if v}}
     product = next(pipeline.pipe([product_from_dict(obj, where="command line")]))
     return product_to_output(product, pipeline.assigns)
