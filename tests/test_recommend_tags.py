@@ -237,3 +237,17 @@ def test_tag_command_prints_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert {t["tag"] for t in out["tags"][:2]} == {"Jeans", "Red"}
+
+
+def test_one_product_command_without_its_stage_is_a_clear_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shangpin.cli import app
+    from shangpin.pipeline import Pipeline
+
+    model = tmp_path / "model"
+    Pipeline([TagRecommender(keyphrases=0).fit(catalogue(60))]).save(model)
+    result = CliRunner().invoke(app, ["extract", "--model", str(model), "Brand1 Men Red Jeans"])
+    assert isinstance(result.exception, ConfigError)
+    assert "no 'extract_attributes' stage (it has: recommend_tags)" in str(result.exception)
+    assert "--task extract" in str(result.exception)
