@@ -1,4 +1,8 @@
-"""Product files: streaming JSONL(.gz) and CSV readers with clear per-line errors, and the output writer."""
+"""Product files: streaming JSONL(.gz) and CSV readers with clear per-line errors, and the output writer.
+
+The row readers (`read_rows`) and the skip bookkeeping (`ReadReport`, `skip_or_raise`) are shared with the
+event reader in `storage/events.py`, so both kinds of file fail and skip lines the same way.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class ReadReport:
     """What a reader accepted, skipped and changed; nothing is dropped without being counted here.
 
     Attributes:
-        read: products yielded.
+        read: records (products or events) yielded.
         skipped: lines skipped (only with skip_invalid), by reason.
         examples: first few "file:line: reason" messages for skipped lines.
         truncated: products whose title or description was cut to the maximum length.
@@ -39,13 +43,15 @@ class ReadReport:
     skipped: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     truncated: int = 0
+    unit: str = "products"
+    """What `read` counts, for the summary."""
 
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        parts = [f"read {self.read} products"]
+        parts = [f"read {self.read} {self.unit}"]
         if self.n_skipped:
             reasons = ", ".join(f"{n} {r}" for r, n in self.skipped.most_common())
             parts.append(f"skipped {self.n_skipped} invalid lines ({reasons})")
@@ -54,9 +60,9 @@ class ReadReport:
         return "; ".join(parts)
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path, kind: str = "product") -> IO[bytes]:
     if not path.exists():
-        raise DataError(f"{path}: no such file; expected a .jsonl, .jsonl.gz or .csv product file")
+        raise DataError(f"{path}: no such file; expected a .jsonl, .jsonl.gz or .csv {kind} file")
     if path.suffix == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
@@ -82,8 +88,7 @@ def read_products(
         report: filled with counts of what was read, skipped and truncated.
     """
     report = report if report is not None else ReadReport()
-    rows = _csv_rows(path) if _is_csv(path) else _jsonl_rows(path)
-    for line_no, row in rows:
+    for line_no, row in read_rows(path):
         try:
             if isinstance(row, DataError):
                 raise row
@@ -95,18 +100,30 @@ def read_products(
                 if photo.is_file():
                     product.image = str(photo)
         except DataError as exc:
-            if not skip_invalid:
-                raise DataError(
-                    f"{exc.message}; fix the line or pass --skip-invalid to skip such lines"
-                ) from None
-            reason = exc.message.split(": ", 1)[1].split(";")[0] if ": " in exc.message else exc.message
-            report.skipped[_short_reason(reason)] += 1
-            if len(report.examples) < 5:
-                report.examples.append(exc.message)
-            log.warning("skipping %s", exc.message)
+            skip_or_raise(exc, skip_invalid=skip_invalid, report=report)
             continue
         report.read += 1
         yield product
+
+
+def read_rows(path: Path, *, kind: str = "product") -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """Stream (line number, object) from a JSONL(.gz) or CSV(.gz) file without loading it whole.
+
+    A malformed line (invalid UTF-8 or JSON, not an object, a CSV row with extra cells) comes as a DataError
+    in place of the object, so the caller decides whether to stop or skip; `kind` names the records in messages.
+    """
+    return _csv_rows(path, kind) if _is_csv(path) else _jsonl_rows(path, kind)
+
+
+def skip_or_raise(exc: DataError, *, skip_invalid: bool, report: ReadReport) -> None:
+    """Count and log a bad line in `report` when skipping; otherwise raise it with the way to skip such lines."""
+    if not skip_invalid:
+        raise DataError(f"{exc.message}; fix the line or pass --skip-invalid to skip such lines") from None
+    reason = exc.message.split(": ", 1)[1].split(";")[0] if ": " in exc.message else exc.message
+    report.skipped[_short_reason(reason)] += 1
+    if len(report.examples) < 5:
+        report.examples.append(exc.message)
+    log.warning("skipping %s", exc.message)
 
 
 def _short_reason(reason: str) -> str:
@@ -116,8 +133,8 @@ def _short_reason(reason: str) -> str:
     return reason[:60]
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-    with _open_binary(path) as fh:
+def _jsonl_rows(path: Path, kind: str = "product") -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    with _open_binary(path, kind) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -140,16 +157,16 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
                 yield (
                     line_no,
                     DataError(
-                        f"{path}:{line_no}: not a JSON object; expected one product object per line, found {type(obj).__name__}"
+                        f"{path}:{line_no}: not a JSON object; expected one {kind} object per line, found {type(obj).__name__}"
                     ),
                 )
                 continue
             yield line_no, obj
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+def _csv_rows(path: Path, kind: str = "product") -> Iterator[tuple[int, dict[str, Any] | DataError]]:
     """CSV rows as dicts. Columns "attributes.<name>" become attributes; "tags" is split on "|"."""
-    with _open_binary(path) as raw:
+    with _open_binary(path, kind) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         reader = csv.DictReader(text)
         try:
