@@ -1,11 +1,16 @@
-"""Shared fixtures: tiny synthetic products (read-only, session scope) and per-test folders."""
+"""Shared fixtures: tiny synthetic products (read-only, session scope), per-test folders and databases."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from shangpin.records import Product
 from tests.factories import tiny_products as make_tiny
@@ -14,6 +19,7 @@ os.environ.setdefault("SHANGPIN_PROGRESS", "0")
 os.environ.setdefault("SHANGPIN_THREADS", "2")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PG_URL = os.environ.get("SHANGPIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +39,28 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{relative} (not present: this clone has no ../shared beside it)")
     return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    schema = f"shangpin_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        shown = make_url(PG_URL).render_as_string(hide_password=True)
+        pytest.skip(f"PostgreSQL not reachable at {shown} (set SHANGPIN_TEST_PG_URL): {exc.orig}")
+    # A schema per test keeps parallel runs against the same server apart; it holds alembic_version too.
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

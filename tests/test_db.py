@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import inspect, text
 
 from shangpin.errors import ConfigError
 from shangpin.records import AttributeValue, CategoryPrediction, Product
@@ -31,36 +27,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-PG_URL = os.environ.get("SHANGPIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DESCRIPTION = (
     "A sturdy everyday backpack for commuting and weekend trips, sewn from recycled polyester. "
     "Colour: forest green. Fits a 15 inch laptop."
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own, dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-        return
-    admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    schema = f"shangpin_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        shown = make_url(PG_URL).render_as_string(hide_password=True)
-        pytest.skip(f"PostgreSQL not reachable at {shown} (set SHANGPIN_TEST_PG_URL): {exc.orig}")
-    # A schema per test keeps parallel runs against the same server apart; it holds alembic_version too.
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -180,7 +150,7 @@ def test_migrations_are_idempotent_and_match_the_models(db_url: str) -> None:
     engine = init_db(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("predictions")}
             assert {"ix_predictions_product_id", "ix_predictions_product_id_stage"} <= indexes
             # The migration creates exactly what the models declare (else a new revision is missing).

@@ -1,4 +1,4 @@
-"""Operational database: stored predictions in SQLite or PostgreSQL, schema managed by Alembic migrations."""
+"""Operational database: stored predictions and behaviour events in SQLite or PostgreSQL, schema managed by Alembic."""
 
 from __future__ import annotations
 
@@ -94,6 +94,30 @@ class PredictionRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
     )
+
+
+class EventRow(Base):
+    """One behaviour event (see `shangpin.storage.events.EventStore`); the user id is stored only as a salted hash.
+
+    `timestamp` is epoch seconds (UTC) as a float: retention and `since` filters are plain comparisons, and it
+    reads the same on SQLite and PostgreSQL. `results` is the JSON list of product ids a search showed.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_session_id_timestamp", "session_id", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String)
+    user_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    timestamp: Mapped[float] = mapped_column(Float, index=True)
+    product_id: Mapped[str | None] = mapped_column(String)
+    category: Mapped[str | None] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text)
+    results: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int | None] = mapped_column(Integer)
+    # Set by the database, so bulk inserts send no per-row value.
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 @dataclass(frozen=True, slots=True)
