@@ -466,6 +466,139 @@ def search(
     typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 
+# ---------------------------------------------------------------------------------------- ranking (issue 6)
+rank_app = typer.Typer(
+    help="Attribute importance learned from behaviour, and session re-ranking with explanations.",
+    no_args_is_help=True,
+)
+app.add_typer(rank_app, name="rank")
+EventsOpt = Annotated[list[Path], typer.Option("--events", "-e", help="Event log(s): JSONL, CSV or UBI records.")]
+CatalogOpt = Annotated[
+    Path, typer.Option("--catalog", help="Products with \"category\" and \"attributes\" (JSONL or CSV).")
+]
+
+
+@rank_app.command("train")
+def rank_train(
+    catalog: CatalogOpt,
+    events: EventsOpt,
+    model: ModelOpt,
+    set_: SetOpt = None,
+    skip_invalid: SkipOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn per-category attribute importance from a catalog and its behaviour log."""
+    from shangpin.ranking import train_ranker
+
+    _setup_logging(verbose)
+    ranker = train_ranker(catalog, events, model, overrides=set_ or [], skip_invalid=skip_invalid)
+    info = ranker.train_info_
+    typer.echo(
+        f"trained ranking on {info['n_sessions']} sessions, {info['n_events']} events, {info['n_choices']} "
+        f"choices, {len(ranker.catalog_.nodes)} categories in {info['seconds']} s -> {model}"
+    )
+
+
+@rank_app.command("update")
+def rank_update(
+    events: EventsOpt,
+    model: ModelOpt,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="Updated catalog (same categories).")] = None,
+    skip_invalid: SkipOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fold new events into a trained ranking without retraining on old ones (old behaviour decays)."""
+    from shangpin.ranking import update_ranker
+
+    _setup_logging(verbose)
+    ranker = update_ranker(model, events, catalog=catalog, skip_invalid=skip_invalid)
+    info = ranker.train_info_
+    typer.echo(f"updated ranking: {info['n_sessions']} sessions so far, update {info['updates']} -> {model}")
+
+
+@rank_app.command("importance")
+def rank_importance(
+    model: ModelOpt,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write {category: {attribute: weight}} JSON.")] = None,
+    category: Annotated[str | None, typer.Option("--category", help="Print the facet order of one category.")] = None,
+) -> None:
+    """Attribute weights per category node (each sums to 1); the facet order is the attributes by weight."""
+    from shangpin.ranking import load_ranker, write_importance
+
+    ranker = load_ranker(model)
+    if out is not None:
+        importance = write_importance(ranker, out)
+        typer.echo(f"wrote importance for {len(importance)} categories to {out}", err=True)
+    if category is not None:
+        stats = ranker.node_stats()
+        node = ranker.catalog_.resolve(category)
+        path = ranker.catalog_.nodes[node] if node is not None else category
+        facets = ranker.facets(category)
+        typer.echo(f"{path} ({stats.get(path, {}).get('sessions', 0)} sessions)")
+        for name, weight in facets:
+            typer.echo(f"  {weight:6.3f}  {name}")
+    elif out is None:
+        typer.echo(json.dumps(ranker.importance(), ensure_ascii=False, indent=2))
+
+
+@rank_app.command("predict")
+def rank_predict(
+    model: ModelOpt,
+    requests: Annotated[Path, typer.Option("--requests", "-r", help="JSONL: {id, category, session_events, candidates}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL answers: {id, ranking, explanations}.")],
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Re-rank each request's candidates by the preferences its session revealed, with explanations."""
+    from shangpin.ranking import predict_requests
+
+    _setup_logging(False)
+    summary = predict_requests(model, requests, out, skip_invalid=skip_invalid)
+    typer.echo(
+        f"ranked {summary['requests']} requests -> {out} (p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+        f"{', skipped ' + str(summary['skipped']) if summary['skipped'] else ''})",
+        err=True,
+    )
+
+
+@rank_app.command("evaluate")
+def rank_evaluate(
+    model: ModelOpt,
+    requests: Annotated[Path, typer.Option("--requests", "-r", help="Ranking requests (JSONL).")],
+    answers: Annotated[Path, typer.Option("--answers", "-a", help="JSONL {id, utilities: {product id: u}}.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """NDCG@10 of the model's rankings against known utilities (e.g. from 'shangpin simulate')."""
+    from shangpin.ranking import evaluate_requests, load_ranker, read_answers, read_requests
+
+    metrics = evaluate_requests(load_ranker(model), read_requests(requests), read_answers(answers))
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            typer.echo(f"{key:>12}  {value}")
+
+
+@app.command()
+def simulate(
+    catalog: CatalogOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Simulated events (JSONL).")],
+    weights: Annotated[Path | None, typer.Option("--weights", help="Hidden weights JSON [OUT.weights.json].")] = None,
+    requests: Annotated[
+        Path | None, typer.Option("--requests", help="Also write held-out ranking requests (JSONL).")
+    ] = None,
+    answers: Annotated[Path | None, typer.Option("--answers", help="Their utilities [REQUESTS.answers.jsonl].")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Simulate shoppers with hidden preferences over a catalog (sessions, position bias, clicks, purchases)."""
+    from shangpin.ranking import simulate_files
+
+    _setup_logging(False)
+    summary = simulate_files(
+        catalog, out, weights_out=weights, requests_out=requests, answers_out=answers, overrides=set_ or []
+    )
+    typer.echo(json.dumps(summary), err=True)
+
+
 def main() -> None:
     """Entry point: translate user-fixable errors into 'Error: ...' and exit codes (2 for config/usage)."""
     from shangpin.errors import ConfigError, ShangpinError
