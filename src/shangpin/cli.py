@@ -599,6 +599,97 @@ def simulate(
     typer.echo(json.dumps(summary), err=True)
 
 
+events_app = typer.Typer(
+    help="Behaviour events: ingest logs (user ids stored only as salted hashes) and prune old ones.",
+    no_args_is_help=True,
+)
+app.add_typer(events_app, name="events")
+EventsDbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: SHANGPIN_DB_URL, else sqlite:///shangpin.db)."),
+]
+SaltFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--salt-file",
+        help="Secret salt of the user-id hashes (default .shangpin-salt, created on first use); "
+        "SHANGPIN_SALT overrides it.",
+    ),
+]
+RetentionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--retention-days", envvar="SHANGPIN_RETENTION_DAYS", help="Delete events older than this many days."
+    ),
+]
+
+
+@events_app.command("ingest")
+def events_ingest(
+    files: Annotated[
+        list[Path], typer.Argument(help="Event logs: .jsonl, .jsonl.gz or .csv; UBI records too.")
+    ],
+    db: EventsDbOpt = None,
+    skip_invalid: SkipOpt = False,
+    salt_file: SaltFileOpt = None,
+    retention_days: RetentionOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Store behaviour events (our contract or OpenSearch UBI queries/events); then prune past the retention."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.events import EventStore, ingest_files, load_salt
+
+    _setup_logging(verbose)
+    with EventStore(db or default_db_url(), salt=load_salt(salt_file)) as store:
+        report = ingest_files(files, store, skip_invalid=skip_invalid, retention_days=retention_days)
+    for path, read in report.files.items():
+        typer.echo(f"{path}: {read.summary()}", err=True)
+        for example in read.examples:
+            typer.echo(f"  skipped: {example}", err=True)
+    typer.echo(report.summary())
+
+
+@events_app.command("prune")
+def events_prune(
+    retention_days: Annotated[
+        float,
+        typer.Option(
+            "--retention-days", envvar="SHANGPIN_RETENTION_DAYS", help="Keep this many days of events."
+        ),
+    ],
+    db: EventsDbOpt = None,
+) -> None:
+    """Delete stored events older than the retention."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.events import EventStore
+
+    _setup_logging(False)
+    with EventStore(db or default_db_url()) as store:
+        pruned, left = store.prune(retention_days), store.count()
+    typer.echo(f"pruned {pruned} events older than {retention_days:g} days; {left} events kept")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Option("--user", help="The user id as it appeared in the event logs.")],
+    db: EventsDbOpt = None,
+    salt_file: SaltFileOpt = None,
+) -> None:
+    """Delete every stored event of one user (needs the salt the events were ingested with)."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.events import EventStore, load_salt
+
+    _setup_logging(False)
+    with EventStore(db or default_db_url(), salt=load_salt(salt_file, create=False)) as store:
+        deleted = store.forget_user(user)
+    typer.echo(f"deleted {deleted} events of user {user!r}")
+    if deleted == 0:
+        typer.echo(
+            "no events matched: check that the salt (--salt-file or SHANGPIN_SALT) is the one used at ingest",
+            err=True,
+        )
+
+
 def main() -> None:
     """Entry point: translate user-fixable errors into 'Error: ...' and exit codes (2 for config/usage)."""
     from shangpin.errors import ConfigError, ShangpinError
