@@ -1,0 +1,236 @@
+"""Attribute importance from behaviour and session re-ranking (issue 6), on the shipped demo catalog."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from shangpin.cli import app
+from shangpin.errors import DataError, NotFittedError
+from shangpin.ranking import (
+    RankModel,
+    RankRequest,
+    evaluate_requests,
+    load_catalog,
+    ndcg_at_k,
+    request_from_dict,
+)
+from shangpin.ranking.catalog import RankCatalog, ancestors, build_catalog
+from shangpin.ranking.model import NodeFit
+from shangpin.ranking.simulate import Simulation, Simulator
+from shangpin.records import AttributeValue, CategoryPrediction, Event, Product
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CATALOG = ROOT / "demo" / "rank_catalog.jsonl"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> RankCatalog:
+    return load_catalog(DEMO_CATALOG)
+
+
+@pytest.fixture(scope="module")
+def simulation(catalog: RankCatalog) -> Simulation:
+    return Simulator(sessions=2500, requests=200, seed=3).run(catalog)
+
+
+@pytest.fixture(scope="module")
+def model(catalog: RankCatalog, simulation: Simulation) -> RankModel:
+    return RankModel().fit(catalog, simulation.events)
+
+
+def _product(pid: str, path: str, **attrs: str | None) -> Product:
+    return Product(
+        product_id=pid,
+        title=pid,
+        category=CategoryPrediction(path=path),
+        attributes={k: (AttributeValue(k, v) if v is not None else None) for k, v in attrs.items()},
+    )
+
+
+def test_catalog_has_every_level_and_bins_numbers() -> None:
+    products = [
+        _product(f"p{i}", "Shoes > Running" if i % 2 else "Shoes > Boots", colour=c, price=str(10 + i * 3))
+        for i, c in enumerate(["Red", "red", "Blue", None] * 5)
+    ]
+    cat = build_catalog(products)
+    assert cat.nodes == ["Shoes", "Shoes > Boots", "Shoes > Running"]
+    assert cat.parent == [-1, 0, 0]
+    assert ancestors("A > B > C") == ["A", "A > B", "A > B > C"]
+    colour = cat.attributes.index("colour")
+    assert cat.vocab[colour] == ["Red", "Blue"]  # "red" is the same value
+    assert cat.codes[3, colour] == -1  # known absent counts as missing
+    price = cat.attributes.index("price")
+    assert price in cat.bins and len(cat.vocab[price]) <= 5  # 20 prices -> quantile bins
+    assert cat.resolve("Shoes > Running > Trail") == cat.node("Shoes > Running")
+
+
+def test_catalog_errors_name_the_problem() -> None:
+    with pytest.raises(DataError, match="has no \"category\""):
+        build_catalog([Product(product_id="x", title="x")])
+    with pytest.raises(DataError, match="none of the 1 products has \"attributes\""):
+        build_catalog([_product("x", "A")])
+
+
+def test_importance_every_level_sums_to_one(model: RankModel, catalog: RankCatalog) -> None:
+    importance = model.importance()
+    assert set(importance) == set(catalog.nodes)
+    assert "Apparel & Accessories" in importance and "Apparel & Accessories > Clothing" in importance
+    for weights in importance.values():
+        assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-4)
+        assert all(w >= 0 for w in weights.values())
+    facets = model.facets("Apparel & Accessories > Shoes")
+    assert [w for _, w in facets] == sorted((w for _, w in facets), reverse=True)
+
+
+def test_learned_weights_follow_hidden_weights(model: RankModel, simulation: Simulation) -> None:
+    learned = model.importance()
+    stats = model.node_stats()
+    rhos = []
+    for path, hidden in simulation.weights.items():
+        if stats[path]["sessions"] < 200:
+            continue
+        names = list(hidden)
+        rhos.append(spearmanr([hidden[n] for n in names], [learned[path][n] for n in names]).statistic)
+    assert len(rhos) >= 3
+    assert statistics.fmean(rhos) > 0.5, rhos
+
+
+def test_ranking_beats_random_and_equal_weights_are_worse(model: RankModel, simulation: Simulation) -> None:
+    pairs = list(zip(simulation.requests, simulation.utilities, strict=True))
+    learned = statistics.fmean(ndcg_at_k(model.rank(r).ranking, u) for r, u in pairs)
+    rng = np.random.default_rng(0)
+    random_ = statistics.fmean(ndcg_at_k(list(rng.permutation(r.candidates)), u) for r, u in pairs)
+    assert learned > random_ + 0.1, (learned, random_)
+    metrics = evaluate_requests(model, simulation.requests, {r.request_id: u for r, u in pairs})
+    assert metrics["ndcg_at_10"] == pytest.approx(100 * learned, abs=0.01)
+    assert metrics["requests"] == len(pairs)
+
+
+def test_rank_explains_and_uses_session(model: RankModel, catalog: RankCatalog) -> None:
+    shoes = [pid for pid, leaf in zip(catalog.ids, catalog.leaf, strict=True) if catalog.nodes[leaf].endswith("Shoes")]
+    liked = shoes[0]
+    events = [Event("s", "click", 1.0, liked), Event("s", "purchase", 2.0, liked)]
+    request = RankRequest("q", candidates=[*shoes[1:40], "unknown-product"], events=events)
+    result = model.rank(request)
+    assert result.category == "Apparel & Accessories > Shoes"  # inferred from the candidates
+    assert sorted(result.ranking) == sorted(request.candidates)
+    assert result.ranking[-1] == "unknown-product" and result.explanations["unknown-product"] == {}
+    top = result.ranking[0]
+    assert math.isclose(sum(result.explanations[top].values()), result.scores[top], abs_tol=1e-3)
+    # The best candidate shares more attribute values with the purchased product than the worst known one.
+    row = catalog.row
+    shared = [int((catalog.codes[row(p)] == catalog.codes[row(liked)]).sum()) for p in (top, result.ranking[-2])]
+    assert shared[0] > shared[1]
+
+
+def test_base_relevance_orders_a_session_without_events(model: RankModel, catalog: RankCatalog) -> None:
+    ids = catalog.ids[:5]
+    request = RankRequest("q", candidates=ids, base={pid: float(i) for i, pid in enumerate(ids)})
+    assert model.rank(request).ranking == list(reversed(ids))
+
+
+def test_update_matches_full_fit_and_decays(catalog: RankCatalog, simulation: Simulation) -> None:
+    events = simulation.events
+    sessions = sorted({e.session_id for e in events})
+    first = {s for s in sessions[: len(sessions) // 2]}
+    full = RankModel(half_life_days=0).fit(catalog, events).importance()
+    part = RankModel(half_life_days=0).fit(catalog, [e for e in events if e.session_id in first])
+    part.update([e for e in events if e.session_id not in first])
+    top = "Apparel & Accessories"
+    diffs = [abs(full[top][a] - w) for a, w in part.importance()[top].items()]
+    assert max(diffs) < 0.1, (full[top], part.importance()[top])
+    assert part.train_info_["updates"] == 1 and part.train_info_["n_sessions"] == len(sessions)
+
+
+def test_save_load_roundtrip(model: RankModel, simulation: Simulation, tmp_path: Path) -> None:
+    model.save(tmp_path / "rank")
+    loaded = RankModel.load(tmp_path / "rank")
+    assert loaded.get_params() == model.get_params()
+    assert loaded.importance() == model.importance()
+    for request in simulation.requests[:20]:
+        assert loaded.rank(request).ranking == model.rank(request).ranking
+
+
+def test_not_fitted_and_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(NotFittedError, match="shangpin rank train"):
+        RankModel().importance()
+    with pytest.raises(NotFittedError, match="no such folder"):
+        RankModel.load(tmp_path / "nothing")
+
+
+def test_fixed_weights_keep_total_strength() -> None:
+    fit = NodeFit([0, 1], np.array([2.0, -1.0]), np.zeros(13), np.zeros((15, 15)))
+    assert fit.weights().tolist() == [1.0, 0.0]
+    fit.fixed_weights = np.array([0.5, 0.5])
+    assert fit.strengths().tolist() == [1.0, 1.0]
+
+
+def test_request_parsing_errors() -> None:
+    ok = request_from_dict(
+        {"id": 7, "candidates": ["a", {"id": "b", "score": 0.5}], "session_events": [{"action": "click", "product_id": "a", "timestamp": 3}]},
+        "req.jsonl:1",
+    )
+    assert ok.request_id == "7" and ok.base == {"b": 0.5} and ok.events[0].session_id == "7"
+    with pytest.raises(DataError, match=r"req.jsonl:2: \"candidates\" must be a list"):
+        request_from_dict({"id": "x", "candidates": "a,b"}, "req.jsonl:2")
+    with pytest.raises(DataError, match="needs an \"id\""):
+        request_from_dict({"candidates": []}, "req.jsonl:3")
+    with pytest.raises(DataError, match=r"candidates\[0\].score must be a number"):
+        request_from_dict({"id": "x", "candidates": [{"id": "a", "score": "high"}]}, "req.jsonl:4")
+
+
+def test_cli_rank_end_to_end(tmp_path: Path) -> None:
+    runner = CliRunner()
+    events, requests, model_dir = tmp_path / "events.jsonl", tmp_path / "req.jsonl", tmp_path / "model"
+    result = runner.invoke(
+        app,
+        ["simulate", "--catalog", str(DEMO_CATALOG), "--out", str(events), "--requests", str(requests),
+         "--set", "sessions=800", "--set", "requests=30"],
+    )
+    assert result.exit_code == 0, result.output
+    hidden = json.loads((tmp_path / "events.weights.json").read_text())
+    assert "Apparel & Accessories > Shoes" in hidden
+    result = runner.invoke(app, ["rank", "train", "--catalog", str(DEMO_CATALOG), "--events", str(events), "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "importance.json"
+    result = runner.invoke(app, ["rank", "importance", "--model", str(model_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    importance = json.loads(out.read_text())
+    assert set(hidden) == set(importance)
+    assert all(math.isclose(sum(w.values()), 1.0, abs_tol=1e-4) for w in importance.values())
+    answers = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["rank", "predict", "--model", str(model_dir), "--requests", str(requests), "--out", str(answers)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    sent = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert [a["id"] for a in lines] == [r["id"] for r in sent]
+    for answer, request in zip(lines, sent, strict=True):
+        assert sorted(answer["ranking"]) == sorted(request["candidates"])
+        assert set(answer["explanations"]) == set(request["candidates"])
+    result = runner.invoke(
+        app,
+        ["rank", "evaluate", "--model", str(model_dir), "--requests", str(requests), "--answers",
+         str(tmp_path / "req.answers.jsonl"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.stdout.strip().splitlines()[-1])["ndcg_at_10"] <= 100
+
+
+def test_cli_rank_bad_request_line(tmp_path: Path, model: RankModel) -> None:
+    model.save(tmp_path / "model" / "rank_attributes")
+    requests = tmp_path / "req.jsonl"
+    requests.write_text('{"id": "a", "candidates": []}\n{"id": "b", "candidates": 5}\n', encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["rank", "predict", "--model", str(tmp_path / "model"), "--requests", str(requests), "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, DataError)
+    assert "req.jsonl:2" in str(result.exception)
