@@ -86,14 +86,19 @@ def write_events(path: Path, n: int, seed: int) -> None:
                 written += 1
 
 
-def timed_ingest(url: str, path: Path) -> tuple[int, float]:
+def timed_ingest(url: str, path: Path) -> tuple[int, float, float]:
+    """Events stored, wall seconds, and CPU seconds of this process (the database server's not included)."""
     salt = b"benchmark-salt-not-secret"
     with EventStore(url, salt=salt) as store:  # connect + migrate outside the timing
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stored = store.add(read_events(path))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert store.count() == stored
-    return stored, seconds
+    return stored, seconds, cpu
+
+
+def line(name: str, n: int, seconds: float, cpu: float) -> str:
+    return f"{name}: {n} in {seconds:.2f} s = {n / seconds:,.0f} events/s (CPU {cpu:.2f} s = {n / cpu:,.0f}/CPU-s)"
 
 
 def pg_schema_url(base: str) -> tuple[str, str] | None:
@@ -136,31 +141,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "events.jsonl"
         write_events(log, args.events, args.seed)
-        size_mib = log.stat().st_size / 2**20
-        print(f"{args.events} events, {size_mib:.1f} MiB of JSONL")
+        print(f"{args.events} events, {log.stat().st_size / 2**20:.1f} MiB of JSONL")
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         parsed = sum(1 for _ in read_events(log))
-        seconds = time.perf_counter() - t0
-        print(f"parse only (read_events): {parsed} in {seconds:.2f} s = {parsed / seconds:,.0f} events/s")
+        print(line("parse only (read_events)", parsed, time.perf_counter() - t0, time.process_time() - c0))
 
-        stored, seconds = timed_ingest(f"sqlite:///{Path(tmp) / 'events.db'}", log)
-        print(
-            f"SQLite (read_events + EventStore.add): {stored} in {seconds:.2f} s = {stored / seconds:,.0f} events/s"
-        )
+        stored, seconds, cpu = timed_ingest(f"sqlite:///{Path(tmp) / 'events.db'}", log)
+        print(line("SQLite (read_events + EventStore.add)", stored, seconds, cpu))
 
         pg = pg_schema_url(args.pg_url)
         if pg is not None:
             url, schema = pg
             try:
-                stored, seconds = timed_ingest(url, log)
-                print(
-                    f"PostgreSQL (read_events + EventStore.add): {stored} in {seconds:.2f} s = "
-                    f"{stored / seconds:,.0f} events/s"
-                )
+                stored, seconds, cpu = timed_ingest(url, log)
+                print(line("PostgreSQL (read_events + EventStore.add)", stored, seconds, cpu))
             finally:
                 drop_schema(args.pg_url, schema)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
