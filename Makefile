@@ -27,7 +27,15 @@ demo: $(STAMP)
 		--taxonomy demo/taxonomy/shopify-zh-CN-categories.txt
 	$(BIN)/shangpin predict --model demo/zh-model --data demo/zh_products.jsonl --out demo/zh-enriched.jsonl
 	$(BIN)/shangpin view demo/zh-enriched.jsonl --data demo/zh_products.jsonl --limit 12
+	$(BIN)/shangpin simulate --catalog demo/rank_catalog.jsonl --out demo/events.jsonl \
+		--requests demo/rank_requests.jsonl --set sessions=3000 --set requests=300
+	$(BIN)/shangpin events ingest demo/events.jsonl --db sqlite:///demo/demo.db --salt-file demo/.salt
+	$(BIN)/shangpin rank train --catalog demo/rank_catalog.jsonl --events demo/events.jsonl --model demo/model
+	$(BIN)/shangpin rank importance --model demo/model --out demo/importance.json --category "Apparel & Accessories > Shoes"
+	$(BIN)/shangpin rank predict --model demo/model --requests demo/rank_requests.jsonl --out demo/rankings.jsonl
+	$(BIN)/shangpin rank evaluate --model demo/model --requests demo/rank_requests.jsonl --answers demo/rank_requests.answers.jsonl
 	@echo "Enriched products: demo/enriched.jsonl, demo/zh-enriched.jsonl   Evaluation report: demo/report.html"
+	@echo "Rankings: demo/rankings.jsonl   Attribute importance: demo/importance.json"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -44,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attributes.py
 
 clean:
-	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/report.html demo/zh-model demo/zh-enriched.jsonl
+	rm -rf $(VENV) demo/model demo/enriched.jsonl demo/events.jsonl demo/events.weights.json demo/rank_requests.jsonl demo/rank_requests.answers.jsonl demo/importance.json demo/rankings.jsonl demo/demo.db demo/.salt demo/report.html demo/zh-model demo/zh-enriched.jsonl

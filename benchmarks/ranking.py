@@ -54,8 +54,10 @@ def main() -> None:
     parser.add_argument("--catalog", type=Path, default=FASHION if FASHION.exists() else DEMO)
     args = parser.parse_args()
     catalog = load_catalog(args.catalog, skip_invalid=True)
-    print(f"catalog {args.catalog.name}: {len(catalog)} products, {len(catalog.nodes)} category nodes, "
-          f"attributes {catalog.attributes}")
+    print(
+        f"catalog {args.catalog.name}: {len(catalog)} products, {len(catalog.nodes)} category nodes, "
+        f"attributes {catalog.attributes}"
+    )
     for variant in args.variants.split(","):
         run(variant, catalog, args.sessions, args.requests)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
@@ -75,11 +77,15 @@ def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int) -> N
     rows["random"] = _mean_ndcg(sim, lambda r: list(rng.permutation(r.candidates)))
     rows["popularity"] = _mean_ndcg(sim, lambda r: sorted(r.candidates, key=lambda p: -popularity.get(p, 0)))
     learned = dict(model.nodes_)
-    _fix_weights(model, learned, lambda fit, path: np.full(len(fit.attributes), 1.0 / max(len(fit.attributes), 1)))
+    _fix_weights(
+        model, learned, lambda fit, path: np.full(len(fit.attributes), 1.0 / max(len(fit.attributes), 1))
+    )
     rows["equal weights"] = _mean_ndcg(sim, lambda r: model.rank(r).ranking)
     names = catalog.attributes
     _fix_weights(
-        model, learned, lambda fit, path: np.array([sim.weights[path].get(names[a], 0.0) for a in fit.attributes])
+        model,
+        learned,
+        lambda fit, path: np.array([sim.weights[path].get(names[a], 0.0) for a in fit.attributes]),
     )
     rows["hidden true weights"] = _mean_ndcg(sim, lambda r: model.rank(r).ranking)
     model.nodes_ = learned
@@ -104,20 +110,35 @@ def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int) -> N
     latencies.clear()
     for request in sim.requests:
         top = catalog.lineage(catalog.resolve(request.category) or 0)[-1]
-        pool = np.flatnonzero(np.isin(catalog.leaf, [n for n in range(len(catalog.nodes)) if catalog.lineage(n)[-1] == top]))
+        pool = np.flatnonzero(
+            np.isin(catalog.leaf, [n for n in range(len(catalog.nodes)) if catalog.lineage(n)[-1] == top])
+        )
         picks = rng.choice(pool, size=min(100, len(pool)), replace=False)
-        timed(RankRequest(request.request_id, [catalog.ids[int(i)] for i in picks], request.events, request.category))
+        timed(
+            RankRequest(
+                request.request_id, [catalog.ids[int(i)] for i in picks], request.events, request.category
+            )
+        )
     ordered = sorted(latencies)
-    print(f"rank latency ({len(ordered)} requests, 100 candidates): "
-          f"p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.2f} ms; "
-          f"LambdaMART features + training {lgbm_s:.1f} s")
+    print(
+        f"rank latency ({len(ordered)} requests, 100 candidates): "
+        f"p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.2f} ms; "
+        f"LambdaMART features + training {lgbm_s:.1f} s"
+    )
     _importance_recovery(model, catalog, sim)
 
 
 def _fix_weights(model: RankModel, learned: dict[int, NodeFit], weights: Any) -> None:
     model.nodes_ = {
-        node: NodeFit(fit.attributes, fit.beta, fit.gamma, fit.hessian, fit.n_choices, fit.n_sessions,
-                      fixed_weights=weights(fit, model.catalog_.nodes[node]))
+        node: NodeFit(
+            fit.attributes,
+            fit.beta,
+            fit.gamma,
+            fit.hessian,
+            fit.n_choices,
+            fit.n_sessions,
+            fixed_weights=weights(fit, model.catalog_.nodes[node]),
+        )
         for node, fit in learned.items()
     }
 
@@ -133,9 +154,13 @@ def _importance_recovery(model: RankModel, catalog: RankCatalog, sim: Simulation
     for node, path in enumerate(catalog.nodes):
         if stats[path]["sessions"] < MIN_SESSIONS:
             continue
-        rows = np.flatnonzero(np.isin(catalog.leaf, [n for n in range(len(catalog.nodes)) if node in catalog.lineage(n)]))
+        rows = np.flatnonzero(
+            np.isin(catalog.leaf, [n for n in range(len(catalog.nodes)) if node in catalog.lineage(n)])
+        )
         # Attributes with one value in the node cannot show in any choice: no log can rank them.
-        varied = [a for a in catalog.node_attributes[node] if len(set(catalog.codes[rows, a].tolist()) - {-1}) > 1]
+        varied = [
+            a for a in catalog.node_attributes[node] if len(set(catalog.codes[rows, a].tolist()) - {-1}) > 1
+        ]
         names = [catalog.attributes[a] for a in varied]
         if len(names) < 3:
             continue
@@ -143,10 +168,14 @@ def _importance_recovery(model: RankModel, catalog: RankCatalog, sim: Simulation
         if not math.isnan(rho):
             by_depth[catalog.depth(node)].append(float(rho))
     everything = [r for v in by_depth.values() for r in v]
-    print(f"importance recovery, categories with >= {MIN_SESSIONS} sessions: Spearman rho mean "
-          f"{statistics.fmean(everything):.3f}, median {statistics.median(everything):.3f} over {len(everything)} "
-          "categories; by depth " + ", ".join(
-              f"level {d + 1}: {statistics.fmean(v):.3f} (n={len(v)})" for d, v in sorted(by_depth.items())))
+    print(
+        f"importance recovery, categories with >= {MIN_SESSIONS} sessions: Spearman rho mean "
+        f"{statistics.fmean(everything):.3f}, median {statistics.median(everything):.3f} over {len(everything)} "
+        "categories; by depth "
+        + ", ".join(
+            f"level {d + 1}: {statistics.fmean(v):.3f} (n={len(v)})" for d, v in sorted(by_depth.items())
+        )
+    )
 
 
 def _lambdamart(model: RankModel, catalog: RankCatalog, sim: Simulation, popularity: Counter[str]) -> Any:
@@ -162,19 +191,36 @@ def _lambdamart(model: RankModel, catalog: RankCatalog, sim: Simulation, popular
     groups: list[int] = []
     for index, events in enumerate(sessions.values()):
         ev = session_evidence(events, catalog, model.matcher_, model.query_weight)
-        strongest = {catalog.row(e.product_id): ACTION_WEIGHTS[e.action] for e in events
-                     if e.product_id and e.action in ACTION_WEIGHTS}
-        for choice in choices(events, index, catalog, rng, model.negatives):
-            x = features(choice.rows, all_attrs, catalog, ev, model.priors_,
-                         model._strength(int(catalog.leaf[choice.chosen])), exclude=choice.chosen)
+        strongest = {
+            catalog.row(e.product_id): ACTION_WEIGHTS[e.action]
+            for e in events
+            if e.product_id and e.action in ACTION_WEIGHTS
+        }
+        for choice in choices(ev, index, catalog, rng, model.negatives):
+            x = features(
+                choice.rows,
+                all_attrs,
+                catalog,
+                ev,
+                model.priors_,
+                model._strength(int(catalog.leaf[choice.chosen])),
+                exclude=choice.chosen,
+            )
             pop = np.log1p([popularity.get(catalog.ids[r], 0) for r in choice.rows])[:, None]
             xs.append(np.hstack([x, pop]))
             label = np.zeros(len(choice.rows))
             label[0] = 1 + (strongest.get(choice.chosen, 1.0) >= ACTION_WEIGHTS["add_to_cart"])
             ys.append(label)
             groups.append(len(choice.rows))
-    ranker = lgb.LGBMRanker(objective="lambdarank", n_estimators=300, learning_rate=0.05, num_leaves=31,
-                            min_child_samples=20, verbose=-1, n_jobs=2)
+    ranker = lgb.LGBMRanker(
+        objective="lambdarank",
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=31,
+        min_child_samples=20,
+        verbose=-1,
+        n_jobs=2,
+    )
     ranker.fit(np.vstack(xs), np.concatenate(ys), group=groups)
 
     def rank(request: RankRequest) -> list[str]:

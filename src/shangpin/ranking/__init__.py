@@ -19,7 +19,7 @@ from shangpin._util import atomic_write
 from shangpin.config import parse_override
 from shangpin.errors import ConfigError, DataError
 from shangpin.ranking.catalog import RankCatalog, build_catalog
-from shangpin.ranking.model import RankModel, RankRequest, Ranking, ndcg_at_k
+from shangpin.ranking.model import Ranking, RankModel, RankRequest, ndcg_at_k
 from shangpin.records import Event
 from shangpin.storage.catalog import ReadReport, read_products, read_rows, write_jsonl
 
@@ -51,7 +51,9 @@ def ranker_params(overrides: Sequence[str]) -> dict[str, Any]:
         parts, value = parse_override(text, default_stage=RANK_DIR)
         key = parts[-1]
         if key not in valid:
-            raise ConfigError(f"unknown ranking parameter '{key}' in --set {text!r}; valid: {', '.join(valid)}")
+            raise ConfigError(
+                f"unknown ranking parameter '{key}' in --set {text!r}; valid: {', '.join(valid)}"
+            )
         params[key] = value
     return params
 
@@ -104,16 +106,21 @@ def update_ranker(
 ) -> RankModel:
     """Fold new events into a trained ranker (no retraining on old events) and save it in place."""
     model = load_ranker(model_dir)
-    index = load_catalog(catalog, skip_invalid=skip_invalid, min_coverage=model.min_coverage) if catalog else None
+    index = (
+        load_catalog(catalog, skip_invalid=skip_invalid, min_coverage=model.min_coverage) if catalog else None
+    )
     model.update(_events(events, skip_invalid), index)
     model.save(model_dir / RANK_DIR)
     return model
 
 
 def _events(events: Sequence[Path] | Iterable[Event], skip_invalid: bool) -> Iterable[Event]:
-    if isinstance(events, Sequence) and all(isinstance(p, Path) for p in events):
-        return read_event_files(list(events), skip_invalid=skip_invalid)  # type: ignore[arg-type]
-    return events  # type: ignore[return-value]
+    """Event files are read (streamed); Event objects pass through."""
+    items = list(events)
+    paths = [p for p in items if isinstance(p, Path)]
+    if len(paths) == len(items):
+        return read_event_files(paths, skip_invalid=skip_invalid)
+    return [e for e in items if isinstance(e, Event)]
 
 
 def load_ranker(model_dir: Path) -> RankModel:
@@ -143,7 +150,9 @@ def request_from_dict(obj: Mapping[str, Any], where: str) -> RankRequest:
     for k, item in enumerate(raw):
         if isinstance(item, Mapping):
             if "id" not in item:
-                raise DataError(f'{where}: candidates[{k}] is an object without "id"; expected {{"id", "score"}}.')
+                raise DataError(
+                    f'{where}: candidates[{k}] is an object without "id"; expected {{"id", "score"}}.'
+                )
             pid = str(item["id"])
             if item.get("score") is not None:
                 try:
@@ -159,7 +168,9 @@ def request_from_dict(obj: Mapping[str, Any], where: str) -> RankRequest:
         candidates.append(pid)
     session = obj.get("session_events") or []
     if not isinstance(session, list):
-        raise DataError(f'{where}: "session_events" must be a list of events, found {type(session).__name__}.')
+        raise DataError(
+            f'{where}: "session_events" must be a list of events, found {type(session).__name__}.'
+        )
     events: list[Event] = []
     for k, e in enumerate(session):
         if isinstance(e, Mapping) and "session_id" not in e:
@@ -175,7 +186,9 @@ def request_from_dict(obj: Mapping[str, Any], where: str) -> RankRequest:
     )
 
 
-def read_requests(path: Path, *, skip_invalid: bool = False, report: ReadReport | None = None) -> Iterator[RankRequest]:
+def read_requests(
+    path: Path, *, skip_invalid: bool = False, report: ReadReport | None = None
+) -> Iterator[RankRequest]:
     """Stream ranking requests from a JSONL file; bad lines raise DataError naming file and line."""
     from shangpin.storage.catalog import skip_or_raise
 
@@ -203,7 +216,9 @@ def ranking_to_dict(ranking: Ranking) -> dict[str, Any]:
     }
 
 
-def predict_requests(model_dir: Path, requests: Path, out: Path, *, skip_invalid: bool = False) -> dict[str, Any]:
+def predict_requests(
+    model_dir: Path, requests: Path, out: Path, *, skip_invalid: bool = False
+) -> dict[str, Any]:
     """Rank every request of a file into `out` (one answer per line, input order); returns counts and latency."""
     model = load_ranker(model_dir)
     report = ReadReport()
@@ -260,8 +275,14 @@ def evaluate_requests(
         latencies.append(time.perf_counter() - started)
         scores.append(ndcg_at_k(ranking.ranking, dict(utility), k))
     if not scores:
-        raise DataError("none of the requests has an answer (utilities) to score against; check the request ids.")
-    return {f"ndcg_at_{k}": round(100 * statistics.fmean(scores), 2), "requests": len(scores), **latency_summary(latencies)}
+        raise DataError(
+            "none of the requests has an answer (utilities) to score against; check the request ids."
+        )
+    return {
+        f"ndcg_at_{k}": round(100 * statistics.fmean(scores), 2),
+        "requests": len(scores),
+        **latency_summary(latencies),
+    }
 
 
 def write_importance(model: RankModel, out: Path) -> dict[str, dict[str, float]]:
@@ -290,7 +311,9 @@ def simulate_files(
     for text in overrides:
         parts, value = parse_override(text, default_stage="simulate")
         if parts[-1] not in valid:
-            raise ConfigError(f"unknown simulator parameter '{parts[-1]}' in --set {text!r}; valid: {', '.join(valid)}")
+            raise ConfigError(
+                f"unknown simulator parameter '{parts[-1]}' in --set {text!r}; valid: {', '.join(valid)}"
+            )
         params[parts[-1]] = value
     if requests_out is not None:
         params.setdefault("requests", 1000)
@@ -301,9 +324,15 @@ def simulate_files(
     weights_out = weights_out or out.with_name(out.name.split(".")[0] + ".weights.json")
     with atomic_write(weights_out) as fh:
         json.dump(sim.weights, fh, indent=2, ensure_ascii=False)
-    summary: dict[str, Any] = {"events": n_events, "sessions": simulator.sessions, "weights": str(weights_out)}
+    summary: dict[str, Any] = {
+        "events": n_events,
+        "sessions": simulator.sessions,
+        "weights": str(weights_out),
+    }
     if requests_out is not None:
-        answers_out = answers_out or requests_out.with_name(requests_out.name.split(".")[0] + ".answers.jsonl")
+        answers_out = answers_out or requests_out.with_name(
+            requests_out.name.split(".")[0] + ".answers.jsonl"
+        )
         with atomic_write(requests_out) as fh:
             write_jsonl(
                 (
@@ -318,6 +347,12 @@ def simulate_files(
                 fh,
             )
         with atomic_write(answers_out) as fh:
-            write_jsonl(({"id": r.request_id, "utilities": u} for r, u in zip(sim.requests, sim.utilities, strict=True)), fh)
+            write_jsonl(
+                (
+                    {"id": r.request_id, "utilities": u}
+                    for r, u in zip(sim.requests, sim.utilities, strict=True)
+                ),
+                fh,
+            )
         summary.update(requests=len(sim.requests), answers=str(answers_out))
     return summary

@@ -63,6 +63,7 @@ class RankCatalog:
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _node_index: dict[str, int] = field(default_factory=dict, repr=False)
     _value_index: list[dict[str, int]] = field(default_factory=list, repr=False)
+    _leaf_rows: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._index = {pid: i for i, pid in enumerate(self.ids)}
@@ -96,6 +97,13 @@ class RankCatalog:
         while self.parent[out[-1]] >= 0:
             out.append(self.parent[out[-1]])
         return out
+
+    def rows_in_leaf(self, leaf: int) -> np.ndarray:
+        """Rows of the products whose own category is node `leaf` (cached)."""
+        rows = self._leaf_rows.get(leaf)
+        if rows is None:
+            rows = self._leaf_rows[leaf] = np.flatnonzero(self.leaf == leaf)
+        return rows
 
     def value_code(self, attribute: int, value: str) -> int:
         """The code of a value string of an attribute, MISSING when unseen."""
@@ -153,7 +161,7 @@ def build_catalog(
         path = product.category_path
         if not path:
             raise DataError(
-                f"{source}: product {product.product_id!r} has no \"category\"; ranking needs a category path "
+                f'{source}: product {product.product_id!r} has no "category"; ranking needs a category path '
                 'like "Apparel > Topwear > Tshirts" on every catalog product. Add it, or drop the product.'
             )
         ids.append(product.product_id)
@@ -162,7 +170,7 @@ def build_catalog(
     names = sorted({name for values in raw for name in values})
     if not names:
         raise DataError(
-            f"{source}: none of the {len(ids)} products has \"attributes\"; attribute importance needs products "
+            f'{source}: none of the {len(ids)} products has "attributes"; attribute importance needs products '
             'with values like {"attributes": {"colour": "Red", "size": "M"}}.'
         )
     col = {n: i for i, n in enumerate(names)}

@@ -1,18 +1,21 @@
 """What a session reveals: weighted attribute values of the products it engaged with, and the choices it made.
 
 The same feature serves training and ranking. For a product i and an attribute a it is the posterior
-probability that the shopper wants i's value v_i of a, given what the session engaged with:
+probability that the shopper wants i's value v_i of a, given the rest of the session:
 
-    x_a(i) = P(pref_a = v_i | session) = prior_a(v_i) * exp(s_a * c_a(v_i)) / sum_v prior_a(v) * exp(s_a * c_a(v))
+    x_a(i) = P(pref_a = v_i | session) = prior_a(v_i) * exp(L_a(v_i)) / sum_v prior_a(v) * exp(L_a(v))
 
-where c_a(v) is the engagement (view < click < cart < purchase, per product its strongest action, plus query
-words naming v) with products whose value of a is v, prior_a the shop-wide taste in i's category and s_a the
-evidence strength of one engagement, which is the attribute's own choice coefficient: a click says a lot
-about a value that drives choices and little about one that does not. Using the posterior instead of raw
-shares is regression calibration: the coefficient fitted on E[match | data] is not diluted by how noisy the
-evidence is, which differs between a two-valued and a forty-valued attribute. In training the feature of
-every product in a choice set leaves out the chosen product and the product itself, so a click never explains
-itself; what remains is agreement between a session's choices beyond chance.
+L_a(v) is the conditional-logit evidence of the session's choices: choosing a product with value v from a list
+in which a share f(v) of the products had v adds s_a - log(1 + f(v) (e^s_a - 1)) to v and -log(1 + f(w)
+(e^s_a - 1)) to every other value w shown, times the engagement weight (view < click < cart < purchase, per
+product its strongest action); query words naming v add s_a. So a click on the colour nearly every shown
+product had proves little (chance), and one on a rare colour proves much. s_a, the evidence strength of one
+choice, is the attribute's own choice coefficient: a click says a lot about a value that drives choices and
+little about one that does not. prior_a is the shop-wide taste in i's category. Using this posterior (rather
+than raw shares) is regression calibration: the coefficient fitted on E[match | data] is not diluted by how
+noisy the evidence is, which differs between a two-valued and a forty-valued attribute. In training the
+feature of every product in a choice set leaves out the chosen product and the product itself, so a click
+never explains itself.
 """
 
 from __future__ import annotations
@@ -53,11 +56,71 @@ def phrase(text: str) -> str:
 
 @dataclass
 class Evidence:
-    """A session's engagement: weight per catalog row, and per attribute the weight per value code."""
+    """A session's engagement: per product its strongest action's weight, in the order first engaged, with the
+    result list it was chosen from (None when it was reached another way), plus values named in queries."""
 
     product_weight: dict[int, float] = field(default_factory=dict)
-    counts: dict[int, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
-    totals: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    shown: dict[int, list[int] | None] = field(default_factory=dict)
+    order: list[tuple[int, float]] = field(default_factory=list)
+    """(row, timestamp) of each product's first engagement."""
+    queries: list[tuple[int, int]] = field(default_factory=list)
+    query_weight: float = 1.0
+    _exposure: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
+    _logits: dict[tuple[int, float], tuple[dict[int, float], dict[int, dict[int, float]]]] = field(
+        default_factory=dict
+    )
+
+    def exposure(self, row: int, a: int, catalog: RankCatalog, priors: Priors) -> dict[int, float]:
+        """Share of each value of attribute `a` among the products the session saw when it chose `row`
+        (the list it was chosen from, else the products of its category)."""
+        key = (row, a)
+        share = self._exposure.get(key)
+        if share is None:
+            shown = self.shown.get(row)
+            if shown:
+                counts: dict[int, float] = defaultdict(float)
+                for code in catalog.codes[shown, a].tolist():
+                    if code != MISSING:
+                        counts[code] += 1.0
+            else:
+                counts = defaultdict(float, priors.catalog_counts.get((int(catalog.leaf[row]), a), {}))
+            total = sum(counts.values()) or 1.0
+            share = self._exposure[key] = {code: n / total for code, n in counts.items()}
+        return share
+
+    def logits(
+        self, a: int, lam: float, catalog: RankCatalog, priors: Priors
+    ) -> tuple[dict[int, float], dict[int, dict[int, float]]]:
+        """Log-likelihood ratio per value of `a` (all engagement) and each product's own share of it.
+
+        Choosing a product with value v out of a list where a share f(v) of products had v says
+        lam - log(1 + f(v) (e^lam - 1)) for v and -log(1 + f(w) (e^lam - 1)) for every other value w shown:
+        the conditional-logit evidence, so a click on what nearly every shown product has proves little.
+        """
+        key = (a, round(lam, 6))
+        cached = self._logits.get(key)
+        if cached is not None:
+            return cached
+        grow = math.expm1(min(lam, MAX_EXPONENT))
+        total: dict[int, float] = defaultdict(float)
+        own: dict[int, dict[int, float]] = {}
+        codes = catalog.codes
+        for row, weight in self.product_weight.items():
+            part: dict[int, float] = {}
+            for code, share in self.exposure(row, a, catalog, priors).items():
+                part[code] = -weight * math.log1p(share * grow)
+            code = int(codes[row, a])
+            if code != MISSING:
+                part[code] = part.get(code, 0.0) + weight * lam
+            own[row] = part
+            for code, value in part.items():
+                total[code] += value
+        for qa, code in self.queries:
+            if qa == a:
+                total[code] += self.query_weight * lam
+        result = (dict(total), own)
+        self._logits[key] = result
+        return result
 
 
 class QueryMatcher:
@@ -85,29 +148,25 @@ class QueryMatcher:
 def session_evidence(
     events: Iterable[Event], catalog: RankCatalog, matcher: QueryMatcher, query_weight: float
 ) -> Evidence:
-    """Sum a session's engagement per product (strongest action) and per attribute value."""
-    ev = Evidence()
+    """A session's engagement per product (strongest action), the lists products were chosen from, and the
+    attribute values its queries named."""
+    ev = Evidence(query_weight=query_weight)
+    shown: list[int] = []
     for event in events:
         if event.action == "search":
+            shown = [r for pid in event.results if (r := catalog.row(pid)) is not None]
             if event.query and query_weight > 0:
-                for a, code in matcher.match(event.query):
-                    _add(ev, a, code, query_weight)
+                ev.queries.extend(matcher.match(event.query))
             continue
         weight = ACTION_WEIGHTS.get(event.action)
         row = catalog.row(event.product_id) if event.product_id else None
-        if weight is not None and row is not None:
-            ev.product_weight[row] = max(ev.product_weight.get(row, 0.0), weight)
-    for row, weight in ev.product_weight.items():
-        for a, code in enumerate(catalog.codes[row].tolist()):
-            if code != MISSING:
-                _add(ev, a, code, weight)
+        if weight is None or row is None:
+            continue
+        if row not in ev.product_weight:
+            ev.shown[row] = shown if row in shown else None
+            ev.order.append((row, event.timestamp))
+        ev.product_weight[row] = max(ev.product_weight.get(row, 0.0), weight)
     return ev
-
-
-def _add(ev: Evidence, a: int, code: int, weight: float) -> None:
-    counts = ev.counts[a]
-    counts[code] = counts.get(code, 0.0) + weight
-    ev.totals[a] += weight
 
 
 class Priors:
@@ -139,6 +198,7 @@ class Priors:
         return table
 
     def add_engagement(self, catalog: RankCatalog, ev: Evidence, decay: float = 1.0) -> None:
+        """Count a session's engaged products' values (weighted, decayed by the session's age)."""
         for row, weight in ev.product_weight.items():
             leaf = int(catalog.leaf[row])
             for a, code in enumerate(catalog.codes[row].tolist()):
@@ -177,51 +237,57 @@ def features(
     catalog: RankCatalog,
     ev: Evidence,
     priors: Priors,
-    strength: Sequence[float],
+    strength: Sequence[float] | np.ndarray,
     exclude: int | None = None,
 ) -> np.ndarray:
     """x_a(i) for each row (product) and attribute: (len(rows), len(attributes)) float32.
 
     `strength` holds s_a per attribute (indexed like `attributes`). `exclude` (the chosen product in
-    training) and each product's own engagement are left out of the counts, so a product is never scored by
-    its own clicks.
+    training) and each product's own engagement are left out of the evidence, so a product is never scored
+    by its own clicks.
     """
     out = np.zeros((len(rows), len(attributes)), dtype=np.float32)
-    codes = catalog.codes
-    leaves = catalog.leaf
+    if not len(rows):
+        return out
     exp = math.exp
-    ex_weight = ev.product_weight.get(exclude, 0.0) if exclude is not None else 0.0
-    item_codes = codes[list(rows)].tolist() if len(rows) else []
-    item_leaves = leaves[list(rows)].tolist() if len(rows) else []
-    own_weights = [0.0 if r == exclude else ev.product_weight.get(r, 0.0) for r in rows]
+    item_codes = catalog.codes[list(rows)].tolist()
+    item_leaves = catalog.leaf[list(rows)].tolist()
+    engaged = ev.product_weight
     for j, a in enumerate(attributes):
         lam = max(float(strength[j]), 0.0)
-        counts = ev.counts.get(a, {})
-        if exclude is not None and ex_weight and codes[exclude, a] != MISSING:
-            counts = dict(counts)
-            ex_code = int(codes[exclude, a])
-            counts[ex_code] = counts.get(ex_code, 0.0) - ex_weight
+        total, own = ev.logits(a, lam, catalog, priors)
+        base = _minus(total, own.get(exclude)) if exclude is not None and exclude in own else total
         norms: dict[int, float] = {}
         for i, leaf in enumerate(item_leaves):
             code = item_codes[i][a]
             if code == MISSING:
                 continue
             table = priors.table(leaf, a)
-            z = norms.get(leaf)
-            if z is None:
-                z = 1.0 + sum(
-                    table.get(v, 0.0) * (exp(min(lam * c, MAX_EXPONENT)) - 1.0) for v, c in counts.items() if c > 0
-                )
-                norms[leaf] = z
-            c = max(counts.get(code, 0.0), 0.0)
-            p = table.get(code, 0.0)
-            own = own_weights[i]
-            if own:
-                reduced = max(c - own, 0.0)
-                z -= p * (exp(min(lam * c, MAX_EXPONENT)) - exp(min(lam * reduced, MAX_EXPONENT)))
-                c = reduced
-            out[i, j] = p * exp(min(lam * c, MAX_EXPONENT)) / z if z > 0 else 0.0
+            row = rows[i]
+            if row != exclude and row in engaged:
+                logits = _minus(base, own[row])
+                z = _norm(table, logits)
+            else:
+                logits = base
+                z = norms.get(leaf) or norms.setdefault(leaf, _norm(table, base))
+            out[i, j] = table.get(code, 0.0) * exp(min(logits.get(code, 0.0), MAX_EXPONENT)) / z
     return out
+
+
+def _minus(total: dict[int, float], part: dict[int, float] | None) -> dict[int, float]:
+    if not part:
+        return total
+    out = dict(total)
+    for code, value in part.items():
+        out[code] = out.get(code, 0.0) - value
+    return out
+
+
+def _norm(table: dict[int, float], logits: dict[int, float]) -> float:
+    """sum_v prior(v) exp(logit(v)); values without evidence have logit 0."""
+    return 1.0 + sum(
+        table.get(code, 0.0) * (math.exp(min(value, MAX_EXPONENT)) - 1.0) for code, value in logits.items()
+    )
 
 
 @dataclass
@@ -236,43 +302,33 @@ class Choice:
 
 
 def choices(
-    events: Sequence[Event], session: int, catalog: RankCatalog, rng: np.random.Generator, negatives: int
+    ev: Evidence, session: int, catalog: RankCatalog, rng: np.random.Generator, negatives: int
 ) -> list[Choice]:
-    """The choice events of one session (events in time order).
+    """The choice events of one session.
 
-    A product engaged for the first time is a choice among the products of the latest search's result list
-    that the session had not engaged with yet; without a list (browse logs) it is compared with `negatives`
-    random products of its own category.
+    A product engaged for the first time is a choice among the products of the result list it was picked
+    from that the session had not engaged with yet; without a list (browse logs) it is compared with
+    `negatives` random products of its own category.
     """
     out: list[Choice] = []
-    shown: list[int] = []
-    shown_pos: dict[int, int] = {}
     seen: set[int] = set()
-    for event in events:
-        if event.action == "search":
-            shown = [r for pid in event.results if (r := catalog.row(pid)) is not None]
-            shown_pos = {r: p for p, pid in enumerate(event.results, 1) if (r := catalog.row(pid)) is not None}
-            continue
-        if event.action not in ACTION_WEIGHTS or not event.product_id:
-            continue
-        row = catalog.row(event.product_id)
-        if row is None or row in seen:
-            continue
-        if row in shown_pos:
+    for row, timestamp in ev.order:
+        shown = ev.shown.get(row)
+        if shown:
+            positions = {r: p for p, r in enumerate(shown, 1)}
             rows = [row] + [r for r in shown if r != row and r not in seen]
-            positions = [position_bucket(shown_pos[r]) for r in rows]
+            buckets = [position_bucket(positions[r]) for r in rows]
         else:
             rows = [row, *_sample(catalog, row, seen, rng, negatives)]
-            bucket = position_bucket(None)
-            positions = [bucket] * len(rows)
+            buckets = [position_bucket(None)] * len(rows)
         seen.add(row)
         if len(rows) > 1:
-            out.append(Choice(session, row, rows, positions, event.timestamp))
+            out.append(Choice(session, row, rows, buckets, timestamp))
     return out
 
 
 def _sample(catalog: RankCatalog, row: int, seen: set[int], rng: np.random.Generator, k: int) -> list[int]:
-    same = np.flatnonzero(catalog.leaf == catalog.leaf[row])
+    same = catalog.rows_in_leaf(int(catalog.leaf[row]))
     if len(same) <= 1:
         return []
     picks = rng.choice(same, size=min(k + len(seen) + 1, len(same)), replace=False).tolist()

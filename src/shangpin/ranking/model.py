@@ -71,20 +71,22 @@ class NodeFit:
     def strengths(self) -> np.ndarray:
         """Evidence strength per attribute for ranking: the positive coefficients (fixed weights keep their
         total, so a baseline differs from the learned model only in how the total is shared)."""
-        positive = np.clip(self.beta, 0.0, None)
+        positive: np.ndarray = np.clip(self.beta, 0.0, None)
         if self.fixed_weights is not None:
-            return self.fixed_weights * float(positive.sum())
+            scaled: np.ndarray = self.fixed_weights * float(positive.sum())
+            return scaled
         return positive
 
     def weights(self) -> np.ndarray:
         """Importance: positive part of beta normalised to 1 (uniform when no attribute helps)."""
         if self.fixed_weights is not None:
             return self.fixed_weights
-        positive = np.clip(self.beta, 0.0, None)
+        positive: np.ndarray = np.clip(self.beta, 0.0, None)
         total = float(positive.sum())
         if not len(positive):
             return positive
-        return positive / total if total > 1e-9 else np.full(len(positive), 1.0 / len(positive))
+        out: np.ndarray = positive / total if total > 1e-9 else np.full(len(positive), 1.0 / len(positive))
+        return out
 
 
 @dataclass
@@ -195,12 +197,14 @@ class RankModel(Params):
         rng = np.random.default_rng(self.seed + int(self.train_info_["updates"]))
         evidence: list[Evidence] = []
         all_choices: list[Choice] = []
-        for index, (_, events_) in enumerate(track(sessions.items(), "reading sessions", total=len(sessions))):
+        for index, (_, events_) in enumerate(
+            track(sessions.items(), "reading sessions", total=len(sessions))
+        ):
             ev = session_evidence(events_, catalog, self.matcher_, self.query_weight)
             evidence.append(ev)
             # Only engagement reaches the shop-wide priors; decay weights by the session's age.
             self.priors_.add_engagement(catalog, ev, self._decay(t_new - events_[-1].timestamp))
-            all_choices.extend(choices(events_, index, catalog, rng, self.negatives))
+            all_choices.extend(choices(ev, index, catalog, rng, self.negatives))
         log.info("rank: %d sessions, %d events, %d choices", len(sessions), n_events, len(all_choices))
 
         by_node: dict[int, list[int]] = defaultdict(list)
@@ -213,7 +217,9 @@ class RankModel(Params):
         previous = dict(self.nodes_)
         for iteration in range(max(self.iterations, 1)):
             # Features over every attribute once per choice; each node reads its own columns.
-            strengths = {leaf: self._strength(leaf) for leaf in {int(catalog.leaf[c.chosen]) for c in all_choices}}
+            strengths = {
+                leaf: self._strength(leaf) for leaf in {int(catalog.leaf[c.chosen]) for c in all_choices}
+            }
             matrices = [
                 features(
                     c.rows,
@@ -392,7 +398,8 @@ class RankModel(Params):
         """Write the model into folder `path` (meta.json, state.json, catalog.npz)."""
         self._check_fitted()
         path.mkdir(parents=True, exist_ok=True)
-        np.savez(path / "catalog.npz", **self.catalog_.to_arrays())
+        arrays = self.catalog_.to_arrays()
+        np.savez(path / "catalog.npz", ids=arrays["ids"], leaf=arrays["leaf"], codes=arrays["codes"])
         nodes = [
             {
                 "attributes": fit.attributes,
@@ -526,7 +533,9 @@ def _fit_node(
     result = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": 200})
     theta = result.x
     hessian = old_h.copy()
-    n_choices = (old.n_choices * old_decay if old is not None else 0.0) + float(weights.sum() if len(feat) else 0.0)
+    n_choices = (old.n_choices * old_decay if old is not None else 0.0) + float(
+        weights.sum() if len(feat) else 0.0
+    )
     if len(feat):
         z = feat @ theta
         zmax = np.maximum.reduceat(z, starts)

@@ -107,7 +107,9 @@ class Simulator(Params):
                     category=catalog.nodes[leaf],
                 )
             )
-            sim.utilities.append({catalog.ids[int(i)]: round(world.utility(user, leaf, int(i)), 6) for i in picks})
+            sim.utilities.append(
+                {catalog.ids[int(i)]: round(world.utility(user, leaf, int(i)), 6) for i in picks}
+            )
         return sim
 
 
@@ -153,7 +155,10 @@ class _World:
     def named_weights(self) -> dict[str, dict[str, float]]:
         names = self.catalog.attributes
         return {
-            path: {names[a]: round(float(w), 6) for a, w in zip(self.catalog.node_attributes[n], self.weights[n], strict=True)}
+            path: {
+                names[a]: round(float(w), 6)
+                for a, w in zip(self.catalog.node_attributes[n], self.weights[n], strict=True)
+            }
             for n, path in enumerate(self.catalog.nodes)
         }
 
@@ -204,10 +209,14 @@ class _World:
             shown = _results(rng, rows, boost, sim.list_size)
             t += float(rng.uniform(2, 10))
             ids = [catalog.ids[r] for r in shown]
-            events.append(Event(session_id, "search", t, user_id=user_id, category=path, query=query, results=tuple(ids)))
+            events.append(
+                Event(
+                    session_id, "search", t, user_id=user_id, category=path, query=query, results=tuple(ids)
+                )
+            )
             bought = False
             for pos, r in enumerate(shown, 1):
-                if r in seen or rng.random() > pos ** -sim.position_decay:
+                if r in seen or rng.random() > pos**-sim.position_decay:
                     continue
                 u = self.utility(user, leaf, r)
                 p_click = 1.0 / (1.0 + math.exp(-sim.click_sharpness * (u - sim.click_midpoint)))
@@ -218,10 +227,14 @@ class _World:
                 events.append(Event(session_id, "click", t, catalog.ids[r], user_id, path, position=pos))
                 if rng.random() < 0.6 * u * u:
                     t += float(rng.uniform(5, 60))
-                    events.append(Event(session_id, "add_to_cart", t, catalog.ids[r], user_id, path, position=pos))
+                    events.append(
+                        Event(session_id, "add_to_cart", t, catalog.ids[r], user_id, path, position=pos)
+                    )
                     if rng.random() < 0.5:
                         t += float(rng.uniform(5, 60))
-                        events.append(Event(session_id, "purchase", t, catalog.ids[r], user_id, path, position=pos))
+                        events.append(
+                            Event(session_id, "purchase", t, catalog.ids[r], user_id, path, position=pos)
+                        )
                         bought = True
                         break
             if bought:
