@@ -36,7 +36,10 @@ def main() -> None:
         for node in yaml.safe_load(path.read_text(encoding="utf-8")):
             categories[node["id"]] = node
     parents = {child: node["id"] for node in categories.values() for child in node.get("children", [])}
-    attributes = {a["friendly_id"]: a for a in yaml.safe_load((SHOPIFY / "attributes.yml").read_text())["base_attributes"]}
+    attributes = {
+        a["friendly_id"]: a
+        for a in yaml.safe_load((SHOPIFY / "attributes.yml").read_text())["base_attributes"]
+    }
     values = {v["friendly_id"]: v["name"] for v in yaml.safe_load((SHOPIFY / "values.yml").read_text())}
     rng = random.Random(6)
     out = []
@@ -45,7 +48,11 @@ def main() -> None:
         while chain[-1] in parents:
             chain.append(parents[chain[-1]])
         path = " > ".join(categories[c]["name"] for c in reversed(chain))
-        names = [a for a in categories[leaf].get("attributes", []) if a in attributes and attributes[a].get("values")]
+        names = [
+            a
+            for a in categories[leaf].get("attributes", [])
+            if a in attributes and attributes[a].get("values")
+        ]
         names = sorted(names, key=lambda a: (a not in ("color", "target_gender", "size"), a))[:MAX_ATTRIBUTES]
         vocab = {a: [values[v] for v in attributes[a]["values"][:MAX_VALUES] if v in values] for a in names}
         for i in range(count):

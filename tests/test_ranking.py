@@ -73,9 +73,9 @@ def test_catalog_has_every_level_and_bins_numbers() -> None:
 
 
 def test_catalog_errors_name_the_problem() -> None:
-    with pytest.raises(DataError, match="has no \"category\""):
+    with pytest.raises(DataError, match='has no "category"'):
         build_catalog([Product(product_id="x", title="x")])
-    with pytest.raises(DataError, match="none of the 1 products has \"attributes\""):
+    with pytest.raises(DataError, match='none of the 1 products has "attributes"'):
         build_catalog([_product("x", "A")])
 
 
@@ -115,7 +115,11 @@ def test_ranking_beats_random_and_equal_weights_are_worse(model: RankModel, simu
 
 
 def test_rank_explains_and_uses_session(model: RankModel, catalog: RankCatalog) -> None:
-    shoes = [pid for pid, leaf in zip(catalog.ids, catalog.leaf, strict=True) if catalog.nodes[leaf].endswith("Shoes")]
+    shoes = [
+        pid
+        for pid, leaf in zip(catalog.ids, catalog.leaf, strict=True)
+        if catalog.nodes[leaf].endswith("Shoes")
+    ]
     liked = shoes[0]
     events = [Event("s", "click", 1.0, liked), Event("s", "purchase", 2.0, liked)]
     request = RankRequest("q", candidates=[*shoes[1:40], "unknown-product"], events=events)
@@ -127,7 +131,9 @@ def test_rank_explains_and_uses_session(model: RankModel, catalog: RankCatalog) 
     assert math.isclose(sum(result.explanations[top].values()), result.scores[top], abs_tol=1e-3)
     # The best candidate shares more attribute values with the purchased product than the worst known one.
     row = catalog.row
-    shared = [int((catalog.codes[row(p)] == catalog.codes[row(liked)]).sum()) for p in (top, result.ranking[-2])]
+    shared = [
+        int((catalog.codes[row(p)] == catalog.codes[row(liked)]).sum()) for p in (top, result.ranking[-2])
+    ]
     assert shared[0] > shared[1]
 
 
@@ -175,13 +181,17 @@ def test_fixed_weights_keep_total_strength() -> None:
 
 def test_request_parsing_errors() -> None:
     ok = request_from_dict(
-        {"id": 7, "candidates": ["a", {"id": "b", "score": 0.5}], "session_events": [{"action": "click", "product_id": "a", "timestamp": 3}]},
+        {
+            "id": 7,
+            "candidates": ["a", {"id": "b", "score": 0.5}],
+            "session_events": [{"action": "click", "product_id": "a", "timestamp": 3}],
+        },
         "req.jsonl:1",
     )
     assert ok.request_id == "7" and ok.base == {"b": 0.5} and ok.events[0].session_id == "7"
     with pytest.raises(DataError, match=r"req.jsonl:2: \"candidates\" must be a list"):
         request_from_dict({"id": "x", "candidates": "a,b"}, "req.jsonl:2")
-    with pytest.raises(DataError, match="needs an \"id\""):
+    with pytest.raises(DataError, match='needs an "id"'):
         request_from_dict({"candidates": []}, "req.jsonl:3")
     with pytest.raises(DataError, match=r"candidates\[0\].score must be a number"):
         request_from_dict({"id": "x", "candidates": [{"id": "a", "score": "high"}]}, "req.jsonl:4")
@@ -192,13 +202,27 @@ def test_cli_rank_end_to_end(tmp_path: Path) -> None:
     events, requests, model_dir = tmp_path / "events.jsonl", tmp_path / "req.jsonl", tmp_path / "model"
     result = runner.invoke(
         app,
-        ["simulate", "--catalog", str(DEMO_CATALOG), "--out", str(events), "--requests", str(requests),
-         "--set", "sessions=800", "--set", "requests=30"],
+        [
+            "simulate",
+            "--catalog",
+            str(DEMO_CATALOG),
+            "--out",
+            str(events),
+            "--requests",
+            str(requests),
+            "--set",
+            "sessions=800",
+            "--set",
+            "requests=30",
+        ],
     )
     assert result.exit_code == 0, result.output
     hidden = json.loads((tmp_path / "events.weights.json").read_text())
     assert "Apparel & Accessories > Shoes" in hidden
-    result = runner.invoke(app, ["rank", "train", "--catalog", str(DEMO_CATALOG), "--events", str(events), "--model", str(model_dir)])
+    result = runner.invoke(
+        app,
+        ["rank", "train", "--catalog", str(DEMO_CATALOG), "--events", str(events), "--model", str(model_dir)],
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "importance.json"
     result = runner.invoke(app, ["rank", "importance", "--model", str(model_dir), "--out", str(out)])
@@ -207,7 +231,10 @@ def test_cli_rank_end_to_end(tmp_path: Path) -> None:
     assert set(hidden) == set(importance)
     assert all(math.isclose(sum(w.values()), 1.0, abs_tol=1e-4) for w in importance.values())
     answers = tmp_path / "answers.jsonl"
-    result = runner.invoke(app, ["rank", "predict", "--model", str(model_dir), "--requests", str(requests), "--out", str(answers)])
+    result = runner.invoke(
+        app,
+        ["rank", "predict", "--model", str(model_dir), "--requests", str(requests), "--out", str(answers)],
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     sent = [json.loads(line) for line in requests.read_text().splitlines()]
@@ -217,8 +244,17 @@ def test_cli_rank_end_to_end(tmp_path: Path) -> None:
         assert set(answer["explanations"]) == set(request["candidates"])
     result = runner.invoke(
         app,
-        ["rank", "evaluate", "--model", str(model_dir), "--requests", str(requests), "--answers",
-         str(tmp_path / "req.answers.jsonl"), "--json"],
+        [
+            "rank",
+            "evaluate",
+            "--model",
+            str(model_dir),
+            "--requests",
+            str(requests),
+            "--answers",
+            str(tmp_path / "req.answers.jsonl"),
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert 0 < json.loads(result.stdout.strip().splitlines()[-1])["ndcg_at_10"] <= 100
@@ -229,7 +265,17 @@ def test_cli_rank_bad_request_line(tmp_path: Path, model: RankModel) -> None:
     requests = tmp_path / "req.jsonl"
     requests.write_text('{"id": "a", "candidates": []}\n{"id": "b", "candidates": 5}\n', encoding="utf-8")
     result = CliRunner().invoke(
-        app, ["rank", "predict", "--model", str(tmp_path / "model"), "--requests", str(requests), "--out", str(tmp_path / "o.jsonl")]
+        app,
+        [
+            "rank",
+            "predict",
+            "--model",
+            str(tmp_path / "model"),
+            "--requests",
+            str(requests),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
     )
     assert result.exit_code != 0
     assert isinstance(result.exception, DataError)

@@ -472,9 +472,11 @@ rank_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(rank_app, name="rank")
-EventsOpt = Annotated[list[Path], typer.Option("--events", "-e", help="Event log(s): JSONL, CSV or UBI records.")]
+EventsOpt = Annotated[
+    list[Path], typer.Option("--events", "-e", help="Event log(s): JSONL, CSV or UBI records.")
+]
 CatalogOpt = Annotated[
-    Path, typer.Option("--catalog", help="Products with \"category\" and \"attributes\" (JSONL or CSV).")
+    Path, typer.Option("--catalog", help='Products with "category" and "attributes" (JSONL or CSV).')
 ]
 
 
@@ -503,7 +505,9 @@ def rank_train(
 def rank_update(
     events: EventsOpt,
     model: ModelOpt,
-    catalog: Annotated[Path | None, typer.Option("--catalog", help="Updated catalog (same categories).")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", help="Updated catalog (same categories).")
+    ] = None,
     skip_invalid: SkipOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -519,8 +523,12 @@ def rank_update(
 @rank_app.command("importance")
 def rank_importance(
     model: ModelOpt,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write {category: {attribute: weight}} JSON.")] = None,
-    category: Annotated[str | None, typer.Option("--category", help="Print the facet order of one category.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write {category: {attribute: weight}} JSON.")
+    ] = None,
+    category: Annotated[
+        str | None, typer.Option("--category", help="Print the facet order of one category.")
+    ] = None,
 ) -> None:
     """Attribute weights per category node (each sums to 1); the facet order is the attributes by weight."""
     from shangpin.ranking import load_ranker, write_importance
@@ -544,7 +552,9 @@ def rank_importance(
 @rank_app.command("predict")
 def rank_predict(
     model: ModelOpt,
-    requests: Annotated[Path, typer.Option("--requests", "-r", help="JSONL: {id, category, session_events, candidates}.")],
+    requests: Annotated[
+        Path, typer.Option("--requests", "-r", help="JSONL: {id, category, session_events, candidates}.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL answers: {id, ranking, explanations}.")],
     skip_invalid: SkipOpt = False,
 ) -> None:
@@ -582,11 +592,15 @@ def rank_evaluate(
 def simulate(
     catalog: CatalogOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Simulated events (JSONL).")],
-    weights: Annotated[Path | None, typer.Option("--weights", help="Hidden weights JSON [OUT.weights.json].")] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Hidden weights JSON [OUT.weights.json].")
+    ] = None,
     requests: Annotated[
         Path | None, typer.Option("--requests", help="Also write held-out ranking requests (JSONL).")
     ] = None,
-    answers: Annotated[Path | None, typer.Option("--answers", help="Their utilities [REQUESTS.answers.jsonl].")] = None,
+    answers: Annotated[
+        Path | None, typer.Option("--answers", help="Their utilities [REQUESTS.answers.jsonl].")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Simulate shoppers with hidden preferences over a catalog (sessions, position bias, clicks, purchases)."""
