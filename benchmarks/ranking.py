@@ -138,6 +138,7 @@ def _fix_weights(model: RankModel, learned: dict[int, NodeFit], weights: Any) ->
             fit.n_choices,
             fit.n_sessions,
             fixed_weights=weights(fit, model.catalog_.nodes[node]),
+            beta_sd=fit.beta_sd,
         )
         for node, fit in learned.items()
     }

@@ -172,11 +172,15 @@ def test_not_fitted_and_missing_model(tmp_path: Path) -> None:
         RankModel.load(tmp_path / "nothing")
 
 
-def test_fixed_weights_keep_total_strength() -> None:
+def test_weights_are_expected_positive_coefficients() -> None:
     fit = NodeFit([0, 1], np.array([2.0, -1.0]), np.zeros(13), np.zeros((15, 15)))
-    assert fit.weights().tolist() == [1.0, 0.0]
+    assert fit.weights().tolist() == [1.0, 0.0]  # no uncertainty known: the positive part
+    fit.beta_sd = np.array([0.01, 2.0])
+    weights = fit.weights()
+    assert 0.0 < weights[1] < weights[0]  # an uncertain negative estimate keeps a little weight
+    assert math.isclose(weights.sum(), 1.0)
     fit.fixed_weights = np.array([0.5, 0.5])
-    assert fit.strengths().tolist() == [1.0, 1.0]
+    assert np.allclose(fit.strengths(), 0.5 * fit.positive().sum())
 
 
 def test_request_parsing_errors() -> None:

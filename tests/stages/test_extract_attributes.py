@@ -129,3 +129,11 @@ def test_dev_metrics_and_calibration_recorded(int8_stage: AttributeExtractor) ->
     assert set(info["dev_metrics"]) >= {"micro_f1", "macro_f1", "micro_precision", "micro_recall"}
     xs, ys = int8_stage.calibration_
     assert list(ys) == sorted(ys) and 0 <= ys[0] and ys[-1] <= 1  # isotonic: monotone, in [0, 1]
+
+
+def test_freeze_embeddings_keeps_the_word_embeddings_out_of_training() -> None:
+    params = {**AttributeExtractor.test_params, "epochs": 1}
+    free = AttributeExtractor(**params).fit(tiny_products(12)).train_info_
+    frozen = AttributeExtractor(**params, freeze_embeddings=True).fit(tiny_products(12)).train_info_
+    vocabulary_rows_times_width = 30522 * 384  # all-MiniLM-L6-v2's word-embedding matrix
+    assert free["trainable_params"] - frozen["trainable_params"] == vocabulary_rows_times_width

@@ -30,6 +30,7 @@ from typing import Any, Self
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import ndtr
 
 from shangpin import __version__
 from shangpin._progress import track
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DAY = 86400.0
+ROOT_PRECISION = 1.0
+"""Precision of the zero-mean prior of top-level nodes (and of the first pass's parent tie under "auto")."""
 
 
 @dataclass
@@ -67,21 +70,35 @@ class NodeFit:
     n_sessions: int = 0
     fixed_weights: np.ndarray | None = None
     """Weights to rank with instead of the learned ones (baselines: equal or known weights)."""
+    beta_sd: np.ndarray | None = None
+    """Posterior standard deviation of beta (Laplace: the inverse of data curvature plus prior precision)."""
+
+    def positive(self) -> np.ndarray:
+        """E[max(beta, 0)] under the Gaussian posterior: an attribute whose coefficient is uncertain keeps some
+        weight instead of being cut to zero by a noisy negative estimate."""
+        mean = self.beta
+        if self.beta_sd is None or not len(mean):
+            clipped: np.ndarray = np.clip(mean, 0.0, None)
+            return clipped
+        sd = np.maximum(self.beta_sd, 1e-9)
+        ratio = mean / sd
+        out: np.ndarray = mean * ndtr(ratio) + sd * np.exp(-0.5 * ratio**2) / math.sqrt(2 * math.pi)
+        return out
 
     def strengths(self) -> np.ndarray:
-        """Evidence strength per attribute for ranking: the positive coefficients (fixed weights keep their
-        total, so a baseline differs from the learned model only in how the total is shared)."""
-        positive: np.ndarray = np.clip(self.beta, 0.0, None)
+        """Evidence strength per attribute for ranking (fixed weights keep the learned total, so a baseline
+        differs from the learned model only in how the total is shared)."""
+        positive = self.positive()
         if self.fixed_weights is not None:
             scaled: np.ndarray = self.fixed_weights * float(positive.sum())
             return scaled
         return positive
 
     def weights(self) -> np.ndarray:
-        """Importance: positive part of beta normalised to 1 (uniform when no attribute helps)."""
+        """Importance: the expected positive part of beta, normalised to 1 (uniform when nothing helps)."""
         if self.fixed_weights is not None:
             return self.fixed_weights
-        positive: np.ndarray = np.clip(self.beta, 0.0, None)
+        positive = self.positive()
         total = float(positive.sum())
         if not len(positive):
             return positive
@@ -117,7 +134,10 @@ class RankModel(Params):
             features computed with that strength" (see `features`); the first uses `initial_strength`.
         initial_strength: evidence strength of one engagement before any coefficient is known.
         query_weight: engagement weight of an attribute value named in a search query.
-        prior_strength: precision of the Gaussian that ties a node to its parent (higher = more backing off).
+        prior_strength: precision of the Gaussian that ties a node's coefficients to its parent's (higher = more
+            backing off), or "auto": estimated from the data as 1 / tau^2, tau^2 being how far children's
+            coefficients spread around their parents' beyond their own standard errors (empirical Bayes), so a
+            shop whose categories differ keeps them apart and one whose categories agree pools them.
         half_life_days: behaviour this many days older than the newest event counts half; 0 = no decay.
         negatives: sampled comparison products per choice when the log has no shown lists.
         min_coverage: share of a node's products that must carry an attribute for it to be ranked on.
@@ -136,7 +156,7 @@ class RankModel(Params):
         iterations: int = 2,
         initial_strength: float = 1.0,
         query_weight: float = 1.0,
-        prior_strength: float = 1.0,
+        prior_strength: float | str = "auto",
         half_life_days: float = 30.0,
         negatives: int = 20,
         min_coverage: float = 0.2,
@@ -233,6 +253,7 @@ class RankModel(Params):
                 for c in track(all_choices, f"session features, pass {iteration + 1}", total=len(all_choices))
             ]
             fitted: dict[int, NodeFit] = {}
+            tie = self._tie()
             for node in range(len(catalog.nodes)):  # parents come before children
                 attrs = catalog.node_attributes[node]
                 prior_beta, prior_gamma = self._parent_prior(fitted.get(catalog.parent[node]), attrs)
@@ -246,7 +267,7 @@ class RankModel(Params):
                     weights[members] if members else np.zeros(0),
                     prior_beta=prior_beta,
                     prior_gamma=prior_gamma,
-                    prior_strength=self.prior_strength,
+                    prior_strength=tie if catalog.parent[node] >= 0 else ROOT_PRECISION,
                     old=old,
                     old_decay=decay_old,
                 )
@@ -254,6 +275,8 @@ class RankModel(Params):
                 fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
                 fitted[node] = fit
             self.nodes_ = fitted
+            if self.prior_strength == "auto":
+                self.tie_ = _between_child_precision(fitted, catalog.parent)
         self.t_ref_ = t_new
         info = self.train_info_
         info["n_events"] += n_events
@@ -261,6 +284,12 @@ class RankModel(Params):
         info["n_choices"] += len(all_choices)
         info["updates"] += 0 if first else 1
         info["seconds"] = round(time.perf_counter() - started, 2)
+
+    def _tie(self) -> float:
+        """Precision of the Gaussian tying a node's coefficients to its parent's."""
+        if self.prior_strength == "auto":
+            return float(getattr(self, "tie_", ROOT_PRECISION))
+        return float(self.prior_strength)
 
     def _parent_prior(self, fit: NodeFit | None, attrs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         if fit is None:
@@ -271,13 +300,14 @@ class RankModel(Params):
         return np.array([lookup.get(a, mean) for a in attrs]), fit.gamma.copy()
 
     def _strength(self, leaf: int) -> np.ndarray:
-        """Evidence strength per attribute (all of them) in a leaf: the nearest fitted node's coefficient."""
+        """Evidence strength per attribute (all of them) in a leaf: the nearest fitted node's expected positive
+        coefficient."""
         out = np.full(len(self.catalog_.attributes), np.nan)
         for node in self.catalog_.lineage(leaf):
             fit = self.nodes_.get(node)
             if fit is None:
                 continue
-            for a, b in zip(fit.attributes, fit.beta.tolist(), strict=True):
+            for a, b in zip(fit.attributes, fit.positive().tolist(), strict=True):
                 if np.isnan(out[a]):
                     out[a] = b
         return np.where(np.isnan(out), self.initial_strength, np.clip(out, 0.0, None))
@@ -406,13 +436,20 @@ class RankModel(Params):
                 "beta": fit.beta.tolist(),
                 "gamma": fit.gamma.tolist(),
                 "hessian": fit.hessian.tolist(),
+                "beta_sd": fit.beta_sd.tolist() if fit.beta_sd is not None else None,
                 "n_choices": fit.n_choices,
                 "n_sessions": fit.n_sessions,
             }
             for _, fit in sorted(self.nodes_.items())
         ]
         priors = [[leaf, a, list(bucket.items())] for (leaf, a), bucket in self.priors_.engaged.items()]
-        state = {"catalog": self.catalog_.to_json(), "nodes": nodes, "priors": priors, "t_ref": self.t_ref_}
+        state = {
+            "catalog": self.catalog_.to_json(),
+            "nodes": nodes,
+            "priors": priors,
+            "t_ref": self.t_ref_,
+            "tie": getattr(self, "tie_", None),
+        }
         with atomic_write(path / "state.json") as fh:
             json.dump(state, fh)
         meta = {
@@ -456,12 +493,15 @@ class RankModel(Params):
                 beta=np.array(n["beta"], dtype=float),
                 gamma=np.array(n["gamma"], dtype=float),
                 hessian=np.array(n["hessian"], dtype=float),
+                beta_sd=np.array(n["beta_sd"], dtype=float) if n.get("beta_sd") is not None else None,
                 n_choices=float(n["n_choices"]),
                 n_sessions=int(n["n_sessions"]),
             )
             for i, n in enumerate(state["nodes"])
         }
         model.t_ref_ = float(state["t_ref"])
+        if state.get("tie") is not None:
+            model.tie_ = float(state["tie"])
         model.train_info_ = dict(meta["train_info"])
         return model
 
@@ -474,6 +514,25 @@ def group_sessions(events: Iterable[Event]) -> dict[str, list[Event]]:
     for events_ in sessions.values():
         events_.sort(key=lambda e: e.timestamp)
     return dict(sessions)
+
+
+def _between_child_precision(fits: dict[int, NodeFit], parent: Sequence[int]) -> float:
+    """1 / tau^2, tau^2 = mean squared child-minus-parent coefficient less the children's sampling variance."""
+    gaps: list[float] = []
+    noise: list[float] = []
+    for node, fit in fits.items():
+        up = fits.get(parent[node]) if parent[node] >= 0 else None
+        if up is None or fit.beta_sd is None or fit.n_choices <= 0:
+            continue
+        lookup = dict(zip(up.attributes, up.beta.tolist(), strict=True))
+        for a, b, sd in zip(fit.attributes, fit.beta.tolist(), fit.beta_sd.tolist(), strict=True):
+            if a in lookup:
+                gaps.append((b - lookup[a]) ** 2)
+                noise.append(sd**2)
+    if not gaps:
+        return ROOT_PRECISION
+    tau2 = float(np.mean(gaps) - np.mean(noise))
+    return float(np.clip(1.0 / max(tau2, 1e-3), ROOT_PRECISION, 1e3))
 
 
 def _fit_node(
@@ -544,12 +603,18 @@ def _fit_node(
         wp = w[seg] * p
         mean_f = np.add.reduceat(feat * p[:, None], starts)
         hessian += (feat * wp[:, None]).T @ feat - (mean_f * w[:, None]).T @ mean_f
+    try:
+        covariance = np.linalg.inv(hessian + np.diag(precision))
+        beta_sd = np.sqrt(np.clip(np.diag(covariance)[:n_a], 0.0, None))
+    except np.linalg.LinAlgError:
+        beta_sd = None
     return NodeFit(
         attributes=[],
         beta=theta[:n_a].copy(),
         gamma=theta[n_a:].copy(),
         hessian=hessian,
         n_choices=n_choices,
+        beta_sd=beta_sd,
     )
 
 

@@ -186,7 +186,31 @@ def init_db(url: str) -> Engine:
     return engine
 
 
-class PredictionStore:
+class Store:
+    """A connection to the operational database at `url`, migrated on construction (see `init_db`); usable
+    as a context manager that releases the connections."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = init_db(url)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({_mask(self.url)!r})"
+
+
+class PredictionStore(Store):
     """Stored predictions of batch runs and the service, in the database at `url`.
 
     Construction connects and migrates the schema to the latest version (see `init_db`).
@@ -194,10 +218,6 @@ class PredictionStore:
     Args:
         url: an SQLAlchemy database URL; plain `postgresql://` URLs use psycopg 3.
     """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine = init_db(url)
 
     def save_products(
         self, products: Sequence[Product], *, model_version: str, include_category: bool = False
@@ -248,21 +268,6 @@ class PredictionStore:
         """The number of stored predictions."""
         with Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(PredictionRow)) or 0
-
-    def close(self) -> None:
-        """Release the database connections."""
-        self._engine.dispose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"PredictionStore({_mask(self.url)!r})"
 
 
 def _attribute_row(

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy import event as sa_event
@@ -27,11 +27,10 @@ from sqlalchemy import event as sa_event
 from shangpin.errors import ConfigError, DataError
 from shangpin.records import Event
 from shangpin.storage.catalog import ReadReport, read_rows, skip_or_raise
-from shangpin.storage.db import EventRow, _mask, init_db
+from shangpin.storage.db import EventRow, Store
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
-    from types import TracebackType
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +418,7 @@ def hash_user(user_id: str, salt: bytes) -> str:
 # --------------------------------------------------------------------------------------------- storage
 
 
-class EventStore:
+class EventStore(Store):
     """Behaviour events in the database at `url`, with user ids hashed on the way in.
 
     Construction connects and migrates the schema (see `shangpin.storage.db.init_db`). SQLite files are
@@ -434,10 +433,9 @@ class EventStore:
     """
 
     def __init__(self, url: str, *, salt: bytes | None = None) -> None:
-        self.url = url
+        super().__init__(url)
         self._salt = salt
         self._hashes: dict[str, str] = {}
-        self._engine = init_db(url)
         if self._engine.dialect.name == "sqlite" and self._engine.url.database not in (None, "", ":memory:"):
             sa_event.listen(self._engine, "connect", _sqlite_pragmas)
             self._engine.dispose()  # the migration's pooled connection predates the listener
@@ -535,21 +533,6 @@ class EventStore:
         """The number of stored events."""
         with self._engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
-
-    def close(self) -> None:
-        """Release the database connections."""
-        self._engine.dispose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"EventStore({_mask(self.url)!r})"
 
     def _need_salt(self) -> bytes:
         if not self._salt:
