@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from shangpin.ranking import load_catalog
+from shangpin.ranking import load_catalog, ranker_params
 from shangpin.ranking.catalog import RankCatalog
 from shangpin.ranking.features import ACTION_WEIGHTS, choices, features, session_evidence
 from shangpin.ranking.model import NodeFit, RankModel, RankRequest, group_sessions, ndcg_at_k
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--catalog", type=Path, default=FASHION if FASHION.exists() else DEMO)
+    parser.add_argument("--set", action="append", default=[], help="ranking parameter, e.g. prior_strength=1.0")
     args = parser.parse_args()
     catalog = load_catalog(args.catalog, skip_invalid=True)
     print(
@@ -59,15 +60,15 @@ def main() -> None:
         f"attributes {catalog.attributes}"
     )
     for variant in args.variants.split(","):
-        run(variant, catalog, args.sessions, args.requests)
+        run(variant, catalog, args.sessions, args.requests, ranker_params(args.set))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
-def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int) -> None:
+def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int, params: dict[str, Any]) -> None:
     sim = Simulator(sessions=sessions, requests=n_requests, **VARIANTS[variant]).run(catalog)
     print(f"\n== simulator '{variant}': {sessions} sessions, {len(sim.events)} events, {n_requests} requests")
     started = time.perf_counter()
-    model = RankModel().fit(catalog, sim.events)
+    model = RankModel(**params).fit(catalog, sim.events)
     train_s = time.perf_counter() - started
     print(f"train {train_s:.1f} s ({model.train_info_['n_choices']} choices)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -284,3 +285,32 @@ def test_cli_rank_bad_request_line(tmp_path: Path, model: RankModel) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, DataError)
     assert "req.jsonl:2" in str(result.exception)
+
+
+def test_train_and_update_from_the_event_database(tmp_path: Path, simulation: Simulation) -> None:
+    from shangpin.storage.events import EventStore
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    sessions = sorted({e.session_id for e in simulation.events})
+    first = set(sessions[:1000])
+    later = [
+        dataclasses.replace(e, timestamp=e.timestamp + 90 * 86400)
+        for e in simulation.events
+        if e.session_id not in first
+    ]
+    with EventStore(url, salt=b"s" * 32) as store:
+        store.add(e for e in simulation.events if e.session_id in first)
+    model_dir = tmp_path / "model"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["rank", "train", "--catalog", str(DEMO_CATALOG), "--db", url, "--model", str(model_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "on 1000 sessions" in result.output
+    with EventStore(url, salt=b"s" * 32) as store:
+        store.add(later)
+    result = runner.invoke(app, ["rank", "update", "--db", url, "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(sessions)} sessions so far, update 1" in result.output  # only the new events were read
+    result = runner.invoke(app, ["rank", "train", "--catalog", str(DEMO_CATALOG), "--model", str(model_dir)])
+    assert result.exit_code != 0 and "found neither" in str(result.exception)

@@ -473,27 +473,35 @@ rank_app = typer.Typer(
 )
 app.add_typer(rank_app, name="rank")
 EventsOpt = Annotated[
-    list[Path], typer.Option("--events", "-e", help="Event log(s): JSONL, CSV or UBI records.")
+    list[Path] | None, typer.Option("--events", "-e", help="Event log(s): JSONL, CSV or UBI records.")
 ]
 CatalogOpt = Annotated[
     Path, typer.Option("--catalog", help='Products with "category" and "attributes" (JSONL or CSV).')
 ]
 
 
+RankDbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Read the events stored by 'shangpin events ingest' from this database URL."),
+]
+
+
 @rank_app.command("train")
 def rank_train(
     catalog: CatalogOpt,
-    events: EventsOpt,
     model: ModelOpt,
+    events: EventsOpt = None,
+    db: RankDbOpt = None,
     set_: SetOpt = None,
     skip_invalid: SkipOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Learn per-category attribute importance from a catalog and its behaviour log."""
-    from shangpin.ranking import train_ranker
+    """Learn per-category attribute importance from a catalog and its behaviour log (files or database)."""
+    from shangpin.ranking import event_source, train_ranker
 
     _setup_logging(verbose)
-    ranker = train_ranker(catalog, events, model, overrides=set_ or [], skip_invalid=skip_invalid)
+    source = event_source(events or [], db)
+    ranker = train_ranker(catalog, source, model, overrides=set_ or [], skip_invalid=skip_invalid)
     info = ranker.train_info_
     typer.echo(
         f"trained ranking on {info['n_sessions']} sessions, {info['n_events']} events, {info['n_choices']} "
@@ -503,19 +511,26 @@ def rank_train(
 
 @rank_app.command("update")
 def rank_update(
-    events: EventsOpt,
     model: ModelOpt,
+    events: EventsOpt = None,
+    db: RankDbOpt = None,
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="Updated catalog (same categories).")
     ] = None,
     skip_invalid: SkipOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Fold new events into a trained ranking without retraining on old ones (old behaviour decays)."""
-    from shangpin.ranking import update_ranker
+    """Fold new events into a trained ranking without retraining on old ones (old behaviour decays).
+
+    With --db, the events stored after the newest event the model has seen are read.
+    """
+    from shangpin.ranking import event_source, load_ranker, update_ranker
 
     _setup_logging(verbose)
-    ranker = update_ranker(model, events, catalog=catalog, skip_invalid=skip_invalid)
+    since = load_ranker(model).t_ref_ if db else None
+    ranker = update_ranker(
+        model, event_source(events or [], db, since=since), catalog=catalog, skip_invalid=skip_invalid
+    )
     info = ranker.train_info_
     typer.echo(f"updated ranking: {info['n_sessions']} sessions so far, update {info['updates']} -> {model}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -77,6 +78,30 @@ def read_event_files(paths: Sequence[Path], *, skip_invalid: bool = False) -> It
         yield from read_events(path, skip_invalid=skip_invalid, report=report)
         if report.n_skipped:
             log.warning("%s", report.summary())
+
+
+def event_source(
+    paths: Sequence[Path], db_url: str | None, *, since: float | None = None
+) -> Sequence[Path] | Iterator[Event]:
+    """Event files, or the events stored in a database (newer than `since`, when given); exactly one of them."""
+    if bool(paths) == bool(db_url):
+        raise ConfigError(
+            "expected the events either as files (--events FILE, repeatable) or from a database (--db URL), "
+            f"found {'both' if paths else 'neither'}; pass one of them."
+        )
+    if paths:
+        return list(paths)
+    return stored_events(str(db_url), since=since)
+
+
+def stored_events(db_url: str, *, since: float | None = None) -> Iterator[Event]:
+    """Stream the events stored by `shangpin events ingest` (user ids are their salted hashes there)."""
+    from shangpin.storage.events import EventStore
+
+    with EventStore(db_url) as store:
+        # Strictly newer than `since`: the model has already seen events at that very time.
+        start = None if since is None else math.nextafter(since, math.inf)
+        yield from store.iter_events(since=start)
 
 
 def train_ranker(
