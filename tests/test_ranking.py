@@ -314,3 +314,32 @@ def test_train_and_update_from_the_event_database(tmp_path: Path, simulation: Si
     assert f"{len(sessions)} sessions so far, update 1" in result.output  # only the new events were read
     result = runner.invoke(app, ["rank", "train", "--catalog", str(DEMO_CATALOG), "--model", str(model_dir)])
     assert result.exit_code != 0 and "found neither" in str(result.exception)
+
+
+def test_parent_tie_is_estimated_from_sibling_spread() -> None:
+    from shangpin.ranking.model import _between_child_precision
+
+    products = [_product(f"p{i}", f"Top > C{i % 40}", colour="Red" if i % 3 else "Blue") for i in range(200)]
+    cat = build_catalog(products)
+    rng = np.random.default_rng(0)
+    top = cat.node("Top")
+    assert top is not None
+    fits = {
+        top: NodeFit(
+            [0], np.array([1.0]), np.zeros(13), np.zeros((14, 14)), n_choices=100.0, beta_sd=np.array([0.01])
+        )
+    }
+    for node in range(len(cat.nodes)):
+        if node != top:  # children: the parent's coefficient plus a spread of 0.5, measured with noise 0.05
+            beta = 1.0 + rng.normal(0, 0.5) + rng.normal(0, 0.05)
+            fits[node] = NodeFit(
+                [0],
+                np.array([beta]),
+                np.zeros(13),
+                np.zeros((14, 14)),
+                n_choices=10.0,
+                beta_sd=np.array([0.05]),
+            )
+    ties = _between_child_precision(fits, cat, lambda depth: 0.0)
+    assert set(ties) == {1}
+    assert 2.0 < ties[1] < 8.0  # 1 / 0.5^2 = 4

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -253,7 +253,6 @@ class RankModel(Params):
                 for c in track(all_choices, f"session features, pass {iteration + 1}", total=len(all_choices))
             ]
             fitted: dict[int, NodeFit] = {}
-            tie = self._tie()
             for node in range(len(catalog.nodes)):  # parents come before children
                 attrs = catalog.node_attributes[node]
                 prior_beta, prior_gamma = self._parent_prior(fitted.get(catalog.parent[node]), attrs)
@@ -267,7 +266,9 @@ class RankModel(Params):
                     weights[members] if members else np.zeros(0),
                     prior_beta=prior_beta,
                     prior_gamma=prior_gamma,
-                    prior_strength=tie if catalog.parent[node] >= 0 else ROOT_PRECISION,
+                    prior_strength=self._tie(catalog.depth(node))
+                    if catalog.parent[node] >= 0
+                    else ROOT_PRECISION,
                     old=old,
                     old_decay=decay_old,
                 )
@@ -275,8 +276,9 @@ class RankModel(Params):
                 fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
                 fitted[node] = fit
             self.nodes_ = fitted
-            if self.prior_strength == "auto":
-                self.tie_ = _between_child_precision(fitted, catalog.parent)
+            if self.prior_strength == "auto" and first and iteration == 0:
+                # Estimated once, from the first, loosely tied pass; later passes and updates use it.
+                self.tie_ = _between_child_precision(fitted, catalog, self._tie)
         self.t_ref_ = t_new
         info = self.train_info_
         info["n_events"] += n_events
@@ -285,10 +287,11 @@ class RankModel(Params):
         info["updates"] += 0 if first else 1
         info["seconds"] = round(time.perf_counter() - started, 2)
 
-    def _tie(self) -> float:
-        """Precision of the Gaussian tying a node's coefficients to its parent's."""
+    def _tie(self, depth: int) -> float:
+        """Precision of the Gaussian tying the coefficients of a node at `depth` (>= 1) to its parent's."""
         if self.prior_strength == "auto":
-            return float(getattr(self, "tie_", ROOT_PRECISION))
+            ties = getattr(self, "tie_", {})
+            return float(ties.get(depth, ties.get(max(ties, default=0), ROOT_PRECISION)))
         return float(self.prior_strength)
 
     def _parent_prior(self, fit: NodeFit | None, attrs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -448,7 +451,7 @@ class RankModel(Params):
             "nodes": nodes,
             "priors": priors,
             "t_ref": self.t_ref_,
-            "tie": getattr(self, "tie_", None),
+            "tie": {str(k): v for k, v in getattr(self, "tie_", {}).items()},
         }
         with atomic_write(path / "state.json") as fh:
             json.dump(state, fh)
@@ -500,8 +503,7 @@ class RankModel(Params):
             for i, n in enumerate(state["nodes"])
         }
         model.t_ref_ = float(state["t_ref"])
-        if state.get("tie") is not None:
-            model.tie_ = float(state["tie"])
+        model.tie_ = {int(k): float(v) for k, v in (state.get("tie") or {}).items()}
         model.train_info_ = dict(meta["train_info"])
         return model
 
@@ -516,23 +518,39 @@ def group_sessions(events: Iterable[Event]) -> dict[str, list[Event]]:
     return dict(sessions)
 
 
-def _between_child_precision(fits: dict[int, NodeFit], parent: Sequence[int]) -> float:
-    """1 / tau^2, tau^2 = mean squared child-minus-parent coefficient less the children's sampling variance."""
-    gaps: list[float] = []
-    noise: list[float] = []
+def _between_child_precision(
+    fits: dict[int, NodeFit], catalog: RankCatalog, tie: Callable[[int], float]
+) -> dict[int, float]:
+    """Per depth of the children: 1 / tau^2, tau^2 being how much sibling categories' coefficients differ
+    beyond their sampling noise: E[(b_i - b_j)^2] = 2 tau^2 + se_i^2 + se_j^2 over pairs of siblings.
+
+    Siblings, not child and parent: a parent's fit contains its children's choices, so child-parent gaps
+    understate the spread. The fits were shrunk toward their parent with precision `tie(depth)`; that is undone
+    first (data precision = 1 / sd^2 - tie), and coefficients with less data precision than the tie are skipped.
+    """
+    by_parent: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
     for node, fit in fits.items():
-        up = fits.get(parent[node]) if parent[node] >= 0 else None
+        parent = catalog.parent[node]
+        up = fits.get(parent) if parent >= 0 else None
         if up is None or fit.beta_sd is None or fit.n_choices <= 0:
             continue
+        t = tie(catalog.depth(node))
         lookup = dict(zip(up.attributes, up.beta.tolist(), strict=True))
         for a, b, sd in zip(fit.attributes, fit.beta.tolist(), fit.beta_sd.tolist(), strict=True):
-            if a in lookup:
-                gaps.append((b - lookup[a]) ** 2)
-                noise.append(sd**2)
-    if not gaps:
-        return ROOT_PRECISION
-    tau2 = float(np.mean(gaps) - np.mean(noise))
-    return float(np.clip(1.0 / max(tau2, 1e-3), ROOT_PRECISION, 1e3))
+            data_precision = 1.0 / max(sd, 1e-9) ** 2 - t
+            if a in lookup and data_precision > t:
+                unshrunk = lookup[a] + (b - lookup[a]) * (data_precision + t) / data_precision
+                by_parent[(parent, a)].append((unshrunk, 1.0 / data_precision))
+    spread: dict[int, list[float]] = defaultdict(list)
+    for (parent, _), values in by_parent.items():
+        depth = catalog.depth(parent) + 1
+        for i, (bi, vi) in enumerate(values[:30]):
+            for bj, vj in values[i + 1 : 30]:
+                spread[depth].append(((bi - bj) ** 2 - vi - vj) / 2.0)
+    return {
+        depth: float(np.clip(1.0 / max(float(np.mean(v)), 1e-3), ROOT_PRECISION, 1e3))
+        for depth, v in spread.items()
+    }
 
 
 def _fit_node(
