@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--catalog", type=Path, default=FASHION if FASHION.exists() else DEMO)
-    parser.add_argument("--set", action="append", default=[], help="ranking parameter, e.g. prior_strength=1.0")
+    parser.add_argument(
+        "--set", action="append", default=[], help="ranking parameter, e.g. prior_strength=1.0"
+    )
     args = parser.parse_args()
     catalog = load_catalog(args.catalog, skip_invalid=True)
     print(
