@@ -194,6 +194,18 @@ def test_request_parsing_errors() -> None:
         "req.jsonl:1",
     )
     assert ok.request_id == "7" and ok.base == {"b": 0.5} and ok.events[0].session_id == "7"
+    untimed = request_from_dict(
+        {
+            "id": "u",
+            "candidates": ["a"],
+            "session_events": [
+                {"action": "click", "product_id": "b"},
+                {"action": "click", "product_id": "a"},
+            ],
+        },
+        "req.jsonl:5",
+    )
+    assert [e.product_id for e in untimed.events] == ["b", "a"]  # no timestamps: the listed order
     with pytest.raises(DataError, match=r"req.jsonl:2: \"candidates\" must be a list"):
         request_from_dict({"id": "x", "candidates": "a,b"}, "req.jsonl:2")
     with pytest.raises(DataError, match='needs an "id"'):

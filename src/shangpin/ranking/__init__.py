@@ -198,8 +198,10 @@ def request_from_dict(obj: Mapping[str, Any], where: str) -> RankRequest:
         )
     events: list[Event] = []
     for k, e in enumerate(session):
-        if isinstance(e, Mapping) and "session_id" not in e:
-            e = {**e, "session_id": str(rid)}
+        if isinstance(e, Mapping):
+            # A request's events belong to its session and arrive in order: both may go unsaid.
+            defaults = {"session_id": str(rid), "timestamp": float(k)}
+            e = {**defaults, **{key: value for key, value in e.items() if value is not None}}
         events.append(event_from_dict(e, f"{where} session_events[{k}]"))
     category = obj.get("category")
     return RankRequest(
