@@ -355,3 +355,17 @@ def test_parent_tie_is_estimated_from_sibling_spread() -> None:
     ties = _between_child_precision(fits, cat, lambda depth: 0.0)
     assert set(ties) == {1}
     assert 2.0 < ties[1] < 8.0  # 1 / 0.5^2 = 4
+
+
+def test_log_without_engagement_gives_uniform_weights(catalog: RankCatalog) -> None:
+    searches = [
+        Event(f"s{i}", "search", float(i), query="shoes", results=tuple(catalog.ids[:10])) for i in range(5)
+    ]
+    model = RankModel().fit(catalog, searches)
+    for weights in model.importance().values():
+        if weights:
+            assert max(weights.values()) - min(weights.values()) < 1e-6
+    result = model.rank(RankRequest("q", candidates=["nope", "nada"]))
+    assert result.ranking == ["nope", "nada"] and result.category is None
+    with pytest.raises(DataError, match="no behaviour events"):
+        RankModel().fit(catalog, [])
