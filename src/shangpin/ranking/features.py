@@ -65,6 +65,8 @@ class Evidence:
     """(row, timestamp) of each product's first engagement."""
     queries: list[tuple[int, int]] = field(default_factory=list)
     query_weight: float = 1.0
+    lists: list[tuple[list[int], float]] = field(default_factory=list)
+    """Every result list the session was shown, with its time."""
     _exposure: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
     _logits: dict[tuple[int, float], tuple[dict[int, float], dict[int, dict[int, float]]]] = field(
         default_factory=dict
@@ -155,6 +157,8 @@ def session_evidence(
     for event in events:
         if event.action == "search":
             shown = [r for pid in event.results if (r := catalog.row(pid)) is not None]
+            if shown:
+                ev.lists.append((shown, event.timestamp))
             if event.query and query_weight > 0:
                 ev.queries.extend(matcher.match(event.query))
             continue
@@ -299,6 +303,8 @@ class Choice:
     rows: list[int]
     positions: list[int]
     timestamp: float
+    labels: list[int] | None = None
+    """Binary click model: 1 for each product of the list the session engaged with from it, else 0."""
 
 
 def choices(
@@ -324,6 +330,18 @@ def choices(
         seen.add(row)
         if len(rows) > 1:
             out.append(Choice(session, row, rows, buckets, timestamp))
+    return out
+
+
+def shown_lists(ev: Evidence, session: int, catalog: RankCatalog) -> list[Choice]:
+    """The result lists of one session as independent click trials (the binary click model): each shown
+    product is clicked or not, given its position and its match with the rest of the session."""
+    out: list[Choice] = []
+    for shown, timestamp in ev.lists:
+        labels = [1 if ev.shown.get(r) is shown else 0 for r in shown]
+        anchor = next((r for r, y in zip(shown, labels, strict=True) if y), shown[0])
+        buckets = [position_bucket(p) for p in range(1, len(shown) + 1)]
+        out.append(Choice(session, anchor, list(shown), buckets, timestamp, labels))
     return out
 
 

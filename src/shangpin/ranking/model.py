@@ -46,6 +46,7 @@ from shangpin.ranking.features import (
     choices,
     features,
     session_evidence,
+    shown_lists,
 )
 from shangpin.records import Event
 from shangpin.stages.base import Params
@@ -141,6 +142,12 @@ class RankModel(Params):
         half_life_days: behaviour this many days older than the newest event counts half; 0 = no decay.
         negatives: sampled comparison products per choice when the log has no shown lists.
         min_coverage: share of a node's products that must carry an attribute for it to be ranked on.
+        choice_model: "binary": each shown product is an independent click trial (logistic, position effects as
+            intercepts), the position-based click model of many logs and simulators; measured better than
+            "multinomial" (each engaged product one choice from the rest of its list, a conditional logit) in
+            NDCG and importance recovery under both benchmark simulators. A log without result lists gives
+            "binary" nothing to learn from, while "multinomial" compares with sampled products; "auto" (default)
+            takes "binary" when at least half of the engaged products were picked from a logged list.
         rank_prior: the taste prior when ranking a session: "uniform" over the category's values (lets the
             session's own evidence speak; measured best on simulated shoppers) or "learned" (the shop-wide
             engagement share, which also drives training).
@@ -161,6 +168,7 @@ class RankModel(Params):
         negatives: int = 20,
         min_coverage: float = 0.2,
         rank_prior: str = "uniform",
+        choice_model: str = "auto",
         base_weight: float = 1.0,
         seed: int = 13,
     ) -> None:
@@ -172,6 +180,7 @@ class RankModel(Params):
         self.negatives = negatives
         self.min_coverage = min_coverage
         self.rank_prior = rank_prior
+        self.choice_model = choice_model
         self.base_weight = base_weight
         self.seed = seed
 
@@ -217,14 +226,24 @@ class RankModel(Params):
         rng = np.random.default_rng(self.seed + int(self.train_info_["updates"]))
         evidence: list[Evidence] = []
         all_choices: list[Choice] = []
-        for index, (_, events_) in enumerate(
-            track(sessions.items(), "reading sessions", total=len(sessions))
-        ):
+        listed = engaged = 0
+        for events_ in track(sessions.values(), "reading sessions", total=len(sessions)):
             ev = session_evidence(events_, catalog, self.matcher_, self.query_weight)
             evidence.append(ev)
             # Only engagement reaches the shop-wide priors; decay weights by the session's age.
             self.priors_.add_engagement(catalog, ev, self._decay(t_new - events_[-1].timestamp))
-            all_choices.extend(choices(ev, index, catalog, rng, self.negatives))
+            if first:
+                listed += sum(1 for shown in ev.shown.values() if shown)
+                engaged += len(ev.shown)
+        if first:
+            self.choice_model_ = self.choice_model
+            if self.choice_model == "auto":
+                self.choice_model_ = "binary" if engaged and listed >= 0.5 * engaged else "multinomial"
+        for index, ev in enumerate(evidence):
+            if self.choice_model_ == "binary":
+                all_choices.extend(shown_lists(ev, index, catalog))
+            else:
+                all_choices.extend(choices(ev, index, catalog, rng, self.negatives))
         log.info("rank: %d sessions, %d events, %d choices", len(sessions), n_events, len(all_choices))
 
         by_node: dict[int, list[int]] = defaultdict(list)
@@ -248,7 +267,7 @@ class RankModel(Params):
                     evidence[c.session],
                     self.priors_,
                     strengths[int(catalog.leaf[c.chosen])],
-                    exclude=c.chosen,
+                    exclude=c.chosen if c.labels is None else None,
                 )
                 for c in track(all_choices, f"session features, pass {iteration + 1}", total=len(all_choices))
             ]
@@ -271,6 +290,9 @@ class RankModel(Params):
                     else ROOT_PRECISION,
                     old=old,
                     old_decay=decay_old,
+                    labels=[all_choices[k].labels for k in members]
+                    if self.choice_model == "binary"
+                    else None,
                 )
                 fit.attributes = list(attrs)
                 fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
@@ -452,6 +474,7 @@ class RankModel(Params):
             "priors": priors,
             "t_ref": self.t_ref_,
             "tie": {str(k): v for k, v in getattr(self, "tie_", {}).items()},
+            "choice_model": self.choice_model_,
         }
         with atomic_write(path / "state.json") as fh:
             json.dump(state, fh)
@@ -503,6 +526,7 @@ class RankModel(Params):
             for i, n in enumerate(state["nodes"])
         }
         model.t_ref_ = float(state["t_ref"])
+        model.choice_model_ = str(state.get("choice_model", "multinomial"))
         model.tie_ = {int(k): float(v) for k, v in (state.get("tie") or {}).items()}
         model.train_info_ = dict(meta["train_info"])
         return model
@@ -563,6 +587,7 @@ def _fit_node(
     prior_strength: float,
     old: NodeFit | None,
     old_decay: float,
+    labels: Sequence[list[int] | None] | None = None,
 ) -> NodeFit:
     """MAP conditional logit for one node: new choices + decayed old quadratic + Gaussian tie to the parent."""
     n_a = len(prior_beta)
@@ -590,12 +615,21 @@ def _fit_node(
     else:
         feat = np.zeros((0, dim))
 
+    binary = labels is not None and len(feat) > 0
+    if binary:
+        y = np.concatenate([np.asarray(lab, dtype=float) for lab in labels or []])
+        w_rows = np.repeat(w, sizes)
+
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         diff = theta - prior_mean
         odiff = theta - old_mean
         value = 0.5 * float(np.sum(precision * diff**2)) + 0.5 * float(odiff @ old_h @ odiff)
         grad = precision * diff + old_h @ odiff
-        if len(feat):
+        if binary:
+            z = feat @ theta
+            value += float(np.sum(w_rows * (np.logaddexp(0.0, z) - y * z)))
+            grad += feat.T @ (w_rows * (_sigmoid(z) - y))
+        elif len(feat):
             z = feat @ theta
             zmax = np.maximum.reduceat(z, starts)
             ez = np.exp(z - zmax[seg])
@@ -613,7 +647,10 @@ def _fit_node(
     n_choices = (old.n_choices * old_decay if old is not None else 0.0) + float(
         weights.sum() if len(feat) else 0.0
     )
-    if len(feat):
+    if binary:
+        p_rows = _sigmoid(feat @ theta)
+        hessian += (feat * (w_rows * p_rows * (1 - p_rows))[:, None]).T @ feat
+    elif len(feat):
         z = feat @ theta
         zmax = np.maximum.reduceat(z, starts)
         ez = np.exp(z - zmax[seg])
@@ -634,6 +671,11 @@ def _fit_node(
         n_choices=n_choices,
         beta_sd=beta_sd,
     )
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
 
 
 def ndcg_at_k(ranking: Sequence[str], utility: dict[str, float], k: int = 10) -> float:
