@@ -291,7 +291,7 @@ class RankModel(Params):
                     old=old,
                     old_decay=decay_old,
                     labels=[all_choices[k].labels for k in members]
-                    if self.choice_model == "binary"
+                    if self.choice_model_ == "binary"
                     else None,
                 )
                 fit.attributes = list(attrs)
