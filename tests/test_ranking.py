@@ -372,9 +372,11 @@ def test_log_without_engagement_gives_uniform_weights(catalog: RankCatalog) -> N
 
 
 def test_choice_model_follows_the_log(catalog: RankCatalog, simulation: Simulation, model: RankModel) -> None:
-    assert model.choice_model_ == "binary"  # simulated sessions pick products from logged result lists
+    assert model.choice_model_ == "multinomial"  # the default
+    auto = RankModel(choice_model="auto").fit(catalog, simulation.events)
+    assert auto.choice_model_ == "binary"  # simulated sessions pick products from logged result lists
     explicit = RankModel(choice_model="binary").fit(catalog, simulation.events)
-    assert explicit.importance() == model.importance()
+    assert explicit.importance() == auto.importance() != model.importance()
     browse = [e for e in simulation.events if e.action != "search"][:3000]  # no lists: compare with samples
-    browsing = RankModel().fit(catalog, browse)
+    browsing = RankModel(choice_model="auto").fit(catalog, browse)
     assert browsing.choice_model_ == "multinomial" and browsing.train_info_["n_choices"] > 0

@@ -142,12 +142,12 @@ class RankModel(Params):
         half_life_days: behaviour this many days older than the newest event counts half; 0 = no decay.
         negatives: sampled comparison products per choice when the log has no shown lists.
         min_coverage: share of a node's products that must carry an attribute for it to be ranked on.
-        choice_model: "binary": each shown product is an independent click trial (logistic, position effects as
-            intercepts), the position-based click model of many logs and simulators; measured better than
-            "multinomial" (each engaged product one choice from the rest of its list, a conditional logit) in
-            NDCG and importance recovery under both benchmark simulators. A log without result lists gives
-            "binary" nothing to learn from, while "multinomial" compares with sampled products; "auto" (default)
-            takes "binary" when at least half of the engaged products were picked from a logged list.
+        choice_model: "multinomial" (default): each engaged product is one choice from the rest of its list, or
+            from sampled products of its category when the log has no lists (conditional logit). "binary": each
+            shown product is an independent click trial (logistic, position effects as intercepts), the
+            position-based click model; better on the 20,000-session fashion benchmark, worse on the demo
+            catalog at 3,000 sessions (docs/BENCHMARKS.md). "auto": binary when at least half of the engaged
+            products were picked from a logged list, else multinomial.
         rank_prior: the taste prior when ranking a session: "uniform" over the category's values (lets the
             session's own evidence speak; measured best on simulated shoppers) or "learned" (the shop-wide
             engagement share, which also drives training).
@@ -168,7 +168,7 @@ class RankModel(Params):
         negatives: int = 20,
         min_coverage: float = 0.2,
         rank_prior: str = "uniform",
-        choice_model: str = "auto",
+        choice_model: str = "multinomial",
         base_weight: float = 1.0,
         seed: int = 13,
     ) -> None:
