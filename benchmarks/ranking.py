@@ -233,9 +233,10 @@ def _lambdamart(model: RankModel, catalog: RankCatalog, sim: Simulation, popular
         ev = session_evidence(request.events, catalog, model.matcher_, model.query_weight)
         node = catalog.resolve(request.category)
         leaf = node if node is not None else int(catalog.leaf[known[0]])
-        model.priors_.uniform = model.rank_prior == "uniform"
-        x = features(known, all_attrs, catalog, ev, model.priors_, model._strength(leaf))
-        model.priors_.uniform = False
+        uniform = model.rank_prior == "uniform"
+        x = features(
+            known, all_attrs, catalog, ev, model.priors_, model._strength(leaf), uniform_prior=uniform
+        )
         pop = np.log1p([popularity.get(catalog.ids[r], 0) for r in known])[:, None]
         scores = ranker.predict(np.hstack([x, pop]))
         order = np.argsort(-scores, kind="stable")

@@ -191,7 +191,6 @@ class Priors:
                     bucket[code] = bucket.get(code, 0.0) + 1.0
         self._cache: dict[tuple[int, int], dict[int, float]] = {}
         self._uniform_cache: dict[tuple[int, int], dict[int, float]] = {}
-        self.uniform = False
 
     def _uniform(self, leaf: int, a: int) -> dict[int, float]:
         key = (leaf, a)
@@ -217,9 +216,9 @@ class Priors:
                 bucket[code] *= factor
         self._cache.clear()
 
-    def table(self, leaf: int, a: int) -> dict[int, float]:
-        """code -> prior probability for one leaf and attribute."""
-        if self.uniform:
+    def table(self, leaf: int, a: int, *, uniform: bool = False) -> dict[int, float]:
+        """code -> prior probability for one leaf and attribute (`uniform`: equal over the leaf's values)."""
+        if uniform:
             return self._uniform(leaf, a)
         key = (leaf, a)
         cached = self._cache.get(key)
@@ -243,12 +242,14 @@ def features(
     priors: Priors,
     strength: Sequence[float] | np.ndarray,
     exclude: int | None = None,
+    *,
+    uniform_prior: bool = False,
 ) -> np.ndarray:
     """x_a(i) for each row (product) and attribute: (len(rows), len(attributes)) float32.
 
     `strength` holds s_a per attribute (indexed like `attributes`). `exclude` (the chosen product in
     training) and each product's own engagement are left out of the evidence, so a product is never scored
-    by its own clicks.
+    by its own clicks. `uniform_prior` takes a uniform taste prior instead of the shop-wide one.
     """
     out = np.zeros((len(rows), len(attributes)), dtype=np.float32)
     if not len(rows):
@@ -266,7 +267,7 @@ def features(
             code = item_codes[i][a]
             if code == MISSING:
                 continue
-            table = priors.table(leaf, a)
+            table = priors.table(leaf, a, uniform=uniform_prior)
             row = rows[i]
             if row != exclude and row in engaged:
                 logits = _minus(base, own[row])

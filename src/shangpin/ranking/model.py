@@ -404,11 +404,15 @@ class RankModel(Params):
         if node is not None and known:
             fit = self.nodes_[node]
             ev = session_evidence(request.events, catalog, self.matcher_, self.query_weight)
-            self.priors_.uniform = self.rank_prior == "uniform"
-            try:
-                x = features(known, fit.attributes, catalog, ev, self.priors_, fit.strengths())
-            finally:
-                self.priors_.uniform = False
+            x = features(
+                known,
+                fit.attributes,
+                catalog,
+                ev,
+                self.priors_,
+                fit.strengths(),
+                uniform_prior=self.rank_prior == "uniform",
+            )
             w = fit.weights()
             contrib = x * w[None, :]
             names = [catalog.attributes[a] for a in fit.attributes]
