@@ -22,7 +22,7 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.ranking.catalog import RankCatalog, build_catalog
 from shangpin.ranking.model import Ranking, RankModel, RankRequest, ndcg_at_k
 from shangpin.records import Event
-from shangpin.storage.catalog import ReadReport, read_products, read_rows, write_jsonl
+from shangpin.storage.catalog import ReadReport, read_products, read_records, read_rows, write_jsonl
 
 __all__ = [
     "RANK_DIR",
@@ -217,19 +217,7 @@ def read_requests(
     path: Path, *, skip_invalid: bool = False, report: ReadReport | None = None
 ) -> Iterator[RankRequest]:
     """Stream ranking requests from a JSONL file; bad lines raise DataError naming file and line."""
-    from shangpin.storage.catalog import skip_or_raise
-
-    report = report if report is not None else ReadReport()
-    for line_no, row in read_rows(Path(path), kind="request"):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            request = request_from_dict(row, f"{path}:{line_no}")
-        except DataError as exc:
-            skip_or_raise(exc, skip_invalid=skip_invalid, report=report)
-            continue
-        report.read += 1
-        yield request
+    return read_records(path, request_from_dict, kind="request", skip_invalid=skip_invalid, report=report)
 
 
 def ranking_to_dict(ranking: Ranking) -> dict[str, Any]:

@@ -12,13 +12,15 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from shangpin.errors import DataError
 from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel, TagSuggestion
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +90,44 @@ def read_products(
         report: filled with counts of what was read, skipped and truncated.
     """
     report = report if report is not None else ReadReport()
-    for line_no, row in read_rows(path):
+
+    def convert(row: dict[str, Any], where: str) -> Product:
+        product = product_from_dict(row, field_map=field_map, where=where, report=report)
+        if product.image and "://" not in product.image and not Path(product.image).is_absolute():
+            product.image = str(Path(path).parent / product.image)  # relative to the data file
+        elif product.image is None and "productDisplayName" in row:
+            photo = Path(path).parent / "images" / f"{product.product_id}.jpg"  # the styles.csv layout
+            if photo.is_file():
+                product.image = str(photo)
+        return product
+
+    return read_records(path, convert, kind="product", skip_invalid=skip_invalid, report=report)
+
+
+def read_records(
+    path: Path,
+    convert: Callable[[dict[str, Any], str], T],
+    *,
+    kind: str,
+    skip_invalid: bool = False,
+    report: ReadReport | None = None,
+) -> Iterator[T]:
+    """Stream `convert(row, "file:line")` over the rows of a JSONL(.gz) or CSV(.gz) file.
+
+    A malformed line, or a DataError from `convert`, stops the stream (or, with `skip_invalid`, is counted in
+    `report` and skipped): one policy for products, events and ranking requests.
+    """
+    report = report if report is not None else ReadReport()
+    for line_no, row in read_rows(Path(path), kind=kind):
         try:
             if isinstance(row, DataError):
                 raise row
-            product = product_from_dict(row, field_map=field_map, where=f"{path}:{line_no}", report=report)
-            if product.image and "://" not in product.image and not Path(product.image).is_absolute():
-                product.image = str(Path(path).parent / product.image)  # relative to the data file
-            elif product.image is None and "productDisplayName" in row:
-                photo = Path(path).parent / "images" / f"{product.product_id}.jpg"  # the styles.csv layout
-                if photo.is_file():
-                    product.image = str(photo)
+            record = convert(row, f"{path}:{line_no}")
         except DataError as exc:
             skip_or_raise(exc, skip_invalid=skip_invalid, report=report)
             continue
         report.read += 1
-        yield product
+        yield record
 
 
 def read_rows(path: Path, *, kind: str = "product") -> Iterator[tuple[int, dict[str, Any] | DataError]]:

@@ -26,7 +26,7 @@ from sqlalchemy import event as sa_event
 
 from shangpin.errors import ConfigError, DataError
 from shangpin.records import Event
-from shangpin.storage.catalog import ReadReport, read_rows, skip_or_raise
+from shangpin.storage.catalog import ReadReport, read_records
 from shangpin.storage.db import EventRow, Store
 
 if TYPE_CHECKING:
@@ -97,16 +97,13 @@ def read_events(
     report = report if report is not None else ReadReport()
     report.unit = "events"
     sessions: dict[str, str] = {}
-    for line_no, row in read_rows(Path(path), kind="event"):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            event_ = event_from_dict(row, f"{path}:{line_no}", sessions=sessions)
-        except DataError as exc:
-            skip_or_raise(exc, skip_invalid=skip_invalid, report=report)
-            continue
-        report.read += 1
-        yield event_
+    yield from read_records(
+        path,
+        lambda row, where: event_from_dict(row, where, sessions=sessions),
+        kind="event",
+        skip_invalid=skip_invalid,
+        report=report,
+    )
 
 
 def event_from_dict(obj: Mapping[str, Any], where: str, *, sessions: dict[str, str] | None = None) -> Event:
