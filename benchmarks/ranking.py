@@ -12,6 +12,7 @@ against the hidden weights on categories with enough sessions), training time, r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import resource
 import statistics
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from shangpin.ranking import load_catalog, ranker_params
+from shangpin.ranking import latency_summary, load_catalog, ranker_params
 from shangpin.ranking.catalog import RankCatalog
 from shangpin.ranking.features import ACTION_WEIGHTS, choices, features, session_evidence
 from shangpin.ranking.model import NodeFit, RankModel, RankRequest, group_sessions, ndcg_at_k
@@ -122,10 +123,10 @@ def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int, para
                 request.request_id, [catalog.ids[int(i)] for i in picks], request.events, request.category
             )
         )
-    ordered = sorted(latencies)
+    latency = latency_summary(latencies)
     print(
-        f"rank latency ({len(ordered)} requests, 100 candidates): "
-        f"p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.2f} ms; "
+        f"rank latency ({len(latencies)} requests, 100 candidates): "
+        f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms; "
         f"LambdaMART features + training {lgbm_s:.1f} s"
     )
     _importance_recovery(model, catalog, sim)
@@ -133,16 +134,7 @@ def run(variant: str, catalog: RankCatalog, sessions: int, n_requests: int, para
 
 def _fix_weights(model: RankModel, learned: dict[int, NodeFit], weights: Any) -> None:
     model.nodes_ = {
-        node: NodeFit(
-            fit.attributes,
-            fit.beta,
-            fit.gamma,
-            fit.hessian,
-            fit.n_choices,
-            fit.n_sessions,
-            fixed_weights=weights(fit, model.catalog_.nodes[node]),
-            beta_sd=fit.beta_sd,
-        )
+        node: dataclasses.replace(fit, fixed_weights=weights(fit, model.catalog_.nodes[node]))
         for node, fit in learned.items()
     }
 

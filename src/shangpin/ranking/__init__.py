@@ -22,6 +22,7 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.ranking.catalog import RankCatalog, build_catalog
 from shangpin.ranking.model import Ranking, RankModel, RankRequest, ndcg_at_k
 from shangpin.records import Event
+from shangpin.stages.base import Params
 from shangpin.storage.catalog import ReadReport, read_products, read_records, read_rows, write_jsonl
 
 __all__ = [
@@ -46,14 +47,19 @@ RANK_DIR = "rank_attributes"
 
 def ranker_params(overrides: Sequence[str]) -> dict[str, Any]:
     """`--set key=value` pairs as RankModel keyword arguments, checked against its parameters."""
-    valid = RankModel._param_names()
+    return _params(RankModel, overrides, RANK_DIR, "ranking")
+
+
+def _params(cls: type[Params], overrides: Sequence[str], section: str, what: str) -> dict[str, Any]:
+    """`--set key=value` pairs as keyword arguments of `cls`; an unknown key lists the valid ones."""
+    valid = cls._param_names()
     params: dict[str, Any] = {}
     for text in overrides:
-        parts, value = parse_override(text, default_stage=RANK_DIR)
+        parts, value = parse_override(text, default_stage=section)
         key = parts[-1]
         if key not in valid:
             raise ConfigError(
-                f"unknown ranking parameter '{key}' in --set {text!r}; valid: {', '.join(valid)}"
+                f"unknown {what} parameter '{key}' in --set {text!r}; valid: {', '.join(valid)}"
             )
         params[key] = value
     return params
@@ -321,15 +327,7 @@ def simulate_files(
     from shangpin.ranking.simulate import Simulator
     from shangpin.storage.events import event_to_dict
 
-    valid = Simulator._param_names()
-    params: dict[str, Any] = {}
-    for text in overrides:
-        parts, value = parse_override(text, default_stage="simulate")
-        if parts[-1] not in valid:
-            raise ConfigError(
-                f"unknown simulator parameter '{parts[-1]}' in --set {text!r}; valid: {', '.join(valid)}"
-            )
-        params[parts[-1]] = value
+    params = _params(Simulator, overrides, "simulate", "simulator")
     if requests_out is not None:
         params.setdefault("requests", 1000)
     simulator = Simulator(**params)

@@ -356,16 +356,12 @@ class RankModel(Params):
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def importance(self) -> dict[str, dict[str, float]]:
-        """{category path: {attribute: weight}} for every node, weights summing to 1."""
+        """{category path: {attribute: weight}} for every node, weights summing to 1, most important first."""
         self._check_fitted()
-        names = self.catalog_.attributes
-        out: dict[str, dict[str, float]] = {}
-        for node, path in enumerate(self.catalog_.nodes):
-            fit = self.nodes_[node]
-            weights = fit.weights()
-            ranked = sorted(zip(fit.attributes, weights.tolist(), strict=True), key=lambda t: -t[1])
-            out[path] = {names[a]: round(w, 6) for a, w in ranked}
-        return out
+        return {
+            path: {name: round(w, 6) for name, w in self._by_weight(node)}
+            for node, path in enumerate(self.catalog_.nodes)
+        }
 
     def facets(self, category: str) -> list[tuple[str, float]]:
         """Attributes of a category by importance, most important first (facet order)."""
@@ -376,9 +372,12 @@ class RankModel(Params):
                 f"unknown category {category!r}; expected a path of the trained catalog such as "
                 f"{self.catalog_.nodes[0]!r}. List them with 'shangpin rank importance'."
             )
+        return self._by_weight(node)
+
+    def _by_weight(self, node: int) -> list[tuple[str, float]]:
         fit = self.nodes_[node]
         names = self.catalog_.attributes
-        pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, fit.weights(), strict=True)]
+        pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, fit.weights().tolist(), strict=True)]
         return sorted(pairs, key=lambda t: -t[1])
 
     def node_stats(self) -> dict[str, dict[str, float]]:

@@ -119,7 +119,7 @@ class _World:
         self.sim = sim
         self.rng = rng
         self.leaf_rows: dict[int, np.ndarray] = {
-            int(leaf): np.flatnonzero(catalog.leaf == leaf) for leaf in np.unique(catalog.leaf)
+            int(leaf): catalog.rows_in_leaf(int(leaf)) for leaf in np.unique(catalog.leaf)
         }
         self.leaves = sorted(self.leaf_rows)
         sizes = np.array([len(self.leaf_rows[leaf]) for leaf in self.leaves], dtype=float)
