@@ -497,11 +497,12 @@ def rank_train(
     verbose: VerboseOpt = False,
 ) -> None:
     """Learn per-category attribute importance from a catalog and its behaviour log (files or database)."""
-    from shangpin.ranking import event_source, train_ranker
+    from shangpin.ranking import train_ranker
 
     _setup_logging(verbose)
-    source = event_source(events or [], db)
-    ranker = train_ranker(catalog, source, model, overrides=set_ or [], skip_invalid=skip_invalid)
+    ranker = train_ranker(
+        catalog, model, events=events or [], db_url=db, overrides=set_ or [], skip_invalid=skip_invalid
+    )
     info = ranker.train_info_
     typer.echo(
         f"trained ranking on {info['n_sessions']} sessions, {info['n_events']} events, {info['n_choices']} "
@@ -524,13 +525,10 @@ def rank_update(
 
     With --db, the events stored after the newest event the model has seen are read.
     """
-    from shangpin.ranking import event_source, load_ranker, update_ranker
+    from shangpin.ranking import update_ranker
 
     _setup_logging(verbose)
-    since = load_ranker(model).t_ref_ if db else None
-    ranker = update_ranker(
-        model, event_source(events or [], db, since=since), catalog=catalog, skip_invalid=skip_invalid
-    )
+    ranker = update_ranker(model, events=events or [], db_url=db, catalog=catalog, skip_invalid=skip_invalid)
     info = ranker.train_info_
     typer.echo(f"updated ranking: {info['n_sessions']} sessions so far, update {info['updates']} -> {model}")
 

@@ -87,16 +87,16 @@ def read_event_files(paths: Sequence[Path], *, skip_invalid: bool = False) -> It
 
 
 def event_source(
-    paths: Sequence[Path], db_url: str | None, *, since: float | None = None
-) -> Sequence[Path] | Iterator[Event]:
-    """Event files, or the events stored in a database (newer than `since`, when given); exactly one of them."""
+    paths: Sequence[Path], db_url: str | None, *, since: float | None = None, skip_invalid: bool = False
+) -> Iterator[Event]:
+    """Events streamed from files, or from a database (newer than `since`, when given); exactly one of them."""
     if bool(paths) == bool(db_url):
         raise ConfigError(
             "expected the events either as files (--events FILE, repeatable) or from a database (--db URL), "
             f"found {'both' if paths else 'neither'}; pass one of them."
         )
     if paths:
-        return list(paths)
+        return read_event_files(paths, skip_invalid=skip_invalid)
     return stored_events(str(db_url), since=since)
 
 
@@ -112,17 +112,17 @@ def stored_events(db_url: str, *, since: float | None = None) -> Iterator[Event]
 
 def train_ranker(
     catalog: Path,
-    events: Sequence[Path] | Iterable[Event],
     model_dir: Path,
     *,
+    events: Sequence[Path] = (),
+    db_url: str | None = None,
     overrides: Sequence[str] = (),
     skip_invalid: bool = False,
 ) -> RankModel:
-    """Learn attribute importance from a catalog and event logs and save it in `model_dir`/rank_attributes."""
-    params = ranker_params(overrides)
-    model = RankModel(**params)
+    """Learn attribute importance from a catalog and event files (or stored events) into `model_dir`/rank_attributes."""
+    model = RankModel(**ranker_params(overrides))
+    stream = event_source(events, db_url, skip_invalid=skip_invalid)
     index = load_catalog(catalog, skip_invalid=skip_invalid, min_coverage=model.min_coverage)
-    stream = _events(events, skip_invalid)
     model.fit(index, stream)
     model.save(model_dir / RANK_DIR)
     return model
@@ -130,28 +130,22 @@ def train_ranker(
 
 def update_ranker(
     model_dir: Path,
-    events: Sequence[Path] | Iterable[Event],
     *,
+    events: Sequence[Path] = (),
+    db_url: str | None = None,
     catalog: Path | None = None,
     skip_invalid: bool = False,
 ) -> RankModel:
-    """Fold new events into a trained ranker (no retraining on old events) and save it in place."""
+    """Fold new events into a trained ranker (no retraining on old events) and save it in place; from a
+    database, only the events newer than the newest the model has seen."""
     model = load_ranker(model_dir)
+    stream = event_source(events, db_url, since=model.t_ref_, skip_invalid=skip_invalid)
     index = (
         load_catalog(catalog, skip_invalid=skip_invalid, min_coverage=model.min_coverage) if catalog else None
     )
-    model.update(_events(events, skip_invalid), index)
+    model.update(stream, index)
     model.save(model_dir / RANK_DIR)
     return model
-
-
-def _events(events: Sequence[Path] | Iterable[Event], skip_invalid: bool) -> Iterable[Event]:
-    """Event files are read (streamed); Event objects pass through."""
-    items = list(events)
-    paths = [p for p in items if isinstance(p, Path)]
-    if len(paths) == len(items):
-        return read_event_files(paths, skip_invalid=skip_invalid)
-    return [e for e in items if isinstance(e, Event)]
 
 
 def load_ranker(model_dir: Path) -> RankModel:
