@@ -142,7 +142,10 @@ def read_rows(path: Path, *, kind: str = "product") -> Iterator[tuple[int, dict[
 def skip_or_raise(exc: DataError, *, skip_invalid: bool, report: ReadReport) -> None:
     """Count and log a bad line in `report` when skipping; otherwise raise it with the way to skip such lines."""
     if not skip_invalid:
-        raise DataError(f"{exc.message}; fix the line or pass --skip-invalid to skip such lines") from None
+        # Messages may end a sentence; the advice continues it.
+        raise DataError(
+            f"{exc.message.removesuffix('.')}; fix the line or pass --skip-invalid to skip such lines"
+        ) from None
     reason = exc.message.split(": ", 1)[1].split(";")[0] if ": " in exc.message else exc.message
     report.skipped[_short_reason(reason)] += 1
     if len(report.examples) < 5:
