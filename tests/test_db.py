@@ -150,7 +150,7 @@ def test_migrations_are_idempotent_and_match_the_models(db_url: str) -> None:
     engine = init_db(db_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("predictions")}
             assert {"ix_predictions_product_id", "ix_predictions_product_id_stage"} <= indexes
             # The migration creates exactly what the models declare (else a new revision is missing).

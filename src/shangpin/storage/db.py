@@ -72,7 +72,10 @@ class PredictionRow(Base):
     """One stored prediction: an attribute value, a category or a tag, with its model version and evidence."""
 
     __tablename__ = "predictions"
-    __table_args__ = (Index("ix_predictions_product_id_stage", "product_id", "stage"),)
+    __table_args__ = (
+        Index("ix_predictions_product_id_stage", "product_id", "stage"),
+        Index("ix_predictions_status_score", "status", "score"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     product_id: Mapped[str] = mapped_column(String, index=True)
@@ -94,6 +97,57 @@ class PredictionRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
     )
+    # Review state (see `shangpin.storage.review`): a stored prediction is a suggestion until decided.
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    final_value: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProductRow(Base):
+    """The input of a product whose predictions are stored: what reviewers read and `--from-reviews` trains on."""
+
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    image: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[str | None] = mapped_column(Text)
+    """The attributes given on input, as JSON ({name: value or null})."""
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditRow(Base):
+    """One change of a suggestion: who, when, which model, state before and after (JSON), and the evidence."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    product_id: Mapped[str] = mapped_column(String, index=True)
+    actor: Mapped[str] = mapped_column(String, index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String)
+    evidence: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKeyRow(Base):
+    """An API key, stored as the SHA-256 of the token; `prefix` (public part of the token) finds the row."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class EventRow(Base):
