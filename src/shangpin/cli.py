@@ -157,9 +157,22 @@ def predict(
             "--db", help="Also store predictions in this database URL (sqlite:///x.db, postgresql://...)."
         ),
     ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this process) or ray (a pool of Ray actors).")
+    ] = "local",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Ray actors (--engine ray); default: the cores.")
+    ] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option("--chunk-size", min=1, help="Products per resumable chunk; default: the batch size."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard the chunks an interrupted run left in OUT.parts/.")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run every stage of the model over a product file."""
+    """Run every stage of the model over a product file; a killed run started again resumes where it stopped."""
     from shangpin.predict import predict_file
 
     _setup_logging(verbose)
@@ -171,6 +184,10 @@ def predict(
         skip_invalid=skip_invalid,
         field_map=_field_map(field_map),
         db_url=db,
+        engine=engine,
+        workers=workers,
+        chunk_size=chunk_size,
+        restart=restart,
     )
     typer.echo(report.summary(), err=True)
     for example in report.read.examples:
