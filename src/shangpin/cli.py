@@ -734,6 +734,37 @@ def forget(
         )
 
 
+@app.command()
+def export(
+    model: ModelOpt,
+    format_: Annotated[str, typer.Option("--format", help="Graph format of the export: onnx.")] = "onnx",
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="int8 (quantised ONNX graphs) or none (fp32 ONNX graphs).")
+    ] = "int8",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="New model directory (default: MODEL-int8, or MODEL-fp32 for none)."
+        ),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Products for the static int8 ranges of an fp32 extraction model (default: its training file).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a copy of a model directory whose encoder graphs run as int8 (or fp32) ONNX."""
+    from shangpin.export import export_model
+
+    _setup_logging(verbose)
+    report = export_model(model, out, format=format_, quantize=quantize, calibration=calibration, force=force)
+    typer.echo("\n".join(report.summary_lines()))
+
+
 def main() -> None:
     """Entry point: translate user-fixable errors into 'Error: ...' and exit codes (2 for config/usage)."""
     from shangpin.errors import ConfigError, ShangpinError

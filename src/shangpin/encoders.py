@@ -118,15 +118,46 @@ def export_onnx(
             opset_version=17,
             dynamo=False,
         )
-    if quantize and calibration:
-        _quantize_static(fp32, out_file, calibration)
+    if quantize:
+        quantize_onnx(fp32, out_file, calibration)
         fp32.unlink()
-    elif quantize:
+    return out_file
+
+
+def quantize_onnx(fp32: Path, out_file: Path, calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
+    """Write an int8 copy of the fp32 graph `fp32` to `out_file`: weights int8 per channel; activations with
+    ranges fixed on `calibration` feeds (static) or, without them, measured on each batch (dynamic)."""
+    if calibration:
+        _quantize_static(fp32, out_file, calibration)
+    else:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(fp32), str(out_file), weight_type=QuantType.QInt8, per_channel=True)
-        fp32.unlink()
-    return out_file
+
+
+QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+    }
+)
+"""ONNX operators that only quantised graphs contain (what onnxruntime.quantization writes)."""
+
+
+def quantized_op_count(path: Path) -> int:
+    """How many nodes of the ONNX graph at `path` are quantisation operators (0 = an fp32 graph)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:

@@ -348,8 +348,26 @@ class AttributeExtractor(Stage[Prediction]):
         stats.update(lora)
         t0 = time.perf_counter()
         # Static activation ranges from training sequences: scores then do not depend on batch composition.
+        calibration = self._calibration_feeds(seqs)
+        export_onnx(model, workdir / self.MODEL_FILE, quantize=self.quantize, calibration=calibration)
+        self.runner_ = OnnxRunner(workdir / self.MODEL_FILE)
+        stats["export_seconds"] = time.perf_counter() - t0
+        self.calibration_: tuple[list[float], list[float]] = ([0.0, 1.0], [0.0, 1.0])
+        self.dictionary_precision_ = 0.5
+        self.threshold_ = max(self.threshold, 0.0)
+        return stats
+
+    def calibration_feeds(self, products: Sequence[Product]) -> list[dict[str, np.ndarray]]:
+        """Model inputs for static int8 activation ranges: 512 sequences of `products` drawn with `seed`, in
+        batches of 32 (what training uses; `shangpin export` quantises an fp32 model with the same recipe)."""
+        self.check_fitted()
+        return self._calibration_feeds(
+            self.encoder_.encode(products, [p.category_path or "" for p in products])
+        )
+
+    def _calibration_feeds(self, seqs: Sequence[Sequence_]) -> list[dict[str, np.ndarray]]:
         calib = [seqs[i] for i in random.Random(self.seed).sample(range(len(seqs)), min(len(seqs), 512))]
-        calibration = [
+        return [
             dict(
                 zip(
                     ("input_ids", "attention_mask", "token_type_ids"),
@@ -359,13 +377,6 @@ class AttributeExtractor(Stage[Prediction]):
             )
             for b in range(0, len(calib), 32)
         ]
-        export_onnx(model, workdir / self.MODEL_FILE, quantize=self.quantize, calibration=calibration)
-        self.runner_ = OnnxRunner(workdir / self.MODEL_FILE)
-        stats["export_seconds"] = time.perf_counter() - t0
-        self.calibration_: tuple[list[float], list[float]] = ([0.0, 1.0], [0.0, 1.0])
-        self.dictionary_precision_ = 0.5
-        self.threshold_ = max(self.threshold, 0.0)
-        return stats
 
     def _calibrate(self, dev: Sequence[Product], info: dict[str, Any]) -> None:
         """Isotonic calibration of raw span scores and threshold choice on dev (micro-F1)."""

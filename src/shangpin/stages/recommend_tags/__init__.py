@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import numpy as np
 from shangpin.errors import DataError
 from shangpin.normalize import value_key
 from shangpin.records import Event, Product, TagSuggestion
+from shangpin.sentence import MiniLMSentenceEncoder
 from shangpin.stages.base import Stage, StageReport, dev_split
 
 log = logging.getLogger(__name__)
@@ -256,6 +258,7 @@ class TagRecommender(Stage[Prediction]):
             }
         )
         self._keyphraser: Any = None
+        self._keyphrase_onnx: Path | None = None  # set by _load_state when 'shangpin export' wrote one
         self.train_info_ = info
         return self
 
@@ -427,7 +430,9 @@ class TagRecommender(Stage[Prediction]):
         extractor = getattr(self, "_keyphraser", None)
         if extractor is None:
             extractor = self._keyphraser = KeyphraseExtractor(
-                self.encoder, known=known_words(self.tag_names_)
+                self.encoder,
+                known=known_words(self.tag_names_),
+                onnx_folder=getattr(self, "_keyphrase_onnx", None),
             )
         return [
             [TagSuggestion(text, score, new=True) for text, score in row]
@@ -484,6 +489,10 @@ class TagRecommender(Stage[Prediction]):
             if k.endswith("_") and not k.startswith("_") and k != "train_info_"
         }
         joblib.dump(state, path / self.MODELS_FILE)
+        onnx_folder = getattr(self, "_keyphrase_onnx", None)
+        if onnx_folder is not None and onnx_folder.resolve() != path.resolve():
+            for name in (MiniLMSentenceEncoder.ONNX_FILE, MiniLMSentenceEncoder.TOKENIZER_FILE):
+                shutil.copyfile(onnx_folder / name, path / name)
 
     def _load_state(self, path: Path) -> None:
         import joblib
@@ -491,3 +500,6 @@ class TagRecommender(Stage[Prediction]):
         self.__dict__.update(joblib.load(path / self.MODELS_FILE))
         self.tree_.load(path / self.TREE_DIR, len(self.tag_keys_))
         self._keyphraser = None
+        # An ONNX export of the keyphrase encoder (written by 'shangpin export') replaces the torch checkpoint.
+        onnx_file = path / MiniLMSentenceEncoder.ONNX_FILE
+        self._keyphrase_onnx = path if onnx_file.is_file() else None

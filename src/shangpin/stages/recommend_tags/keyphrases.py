@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,19 +69,35 @@ class KeyphraseExtractor:
     """Ranks a title's candidate phrases by cosine to the title in the encoder's contextual token space.
 
     Args:
-        encoder: checkpoint folder ("" = the shipped MiniLM).
+        encoder: checkpoint folder ("" = the shipped MiniLM), run with torch.
         known: the vocabulary's words (`known_words`); phrases holding one are not candidates.
         max_length: tokens read per title.
+        onnx_folder: a folder holding the encoder as a `MiniLMSentenceEncoder` ONNX export (written by
+            `shangpin export`); when given it replaces the torch checkpoint, so predicting needs no torch.
     """
 
-    def __init__(self, encoder: str = "", known: set[str] | None = None, max_length: int = 64) -> None:
+    def __init__(
+        self,
+        encoder: str = "",
+        known: set[str] | None = None,
+        max_length: int = 64,
+        onnx_folder: Path | None = None,
+    ) -> None:
         self.encoder = encoder
         self.known = known or set()
         self.max_length = max_length
+        self.onnx_folder = onnx_folder
         self._model: Any = None
         self._tokenizer: Any = None
+        self._onnx: Any = None
 
     def _load(self) -> None:
+        if self.onnx_folder is not None:
+            from shangpin.sentence import load_sentence_encoder
+
+            self._onnx = load_sentence_encoder("minilm", self.onnx_folder, max_length=self.max_length)
+            self._model = self._onnx
+            return
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -93,6 +110,9 @@ class KeyphraseExtractor:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, L2-normalised encoder vectors (the sentence-transformers pooling of all-MiniLM-L6-v2)."""
+        if self._onnx is not None:
+            vectors: np.ndarray = self._onnx.encode(texts)
+            return vectors
         import torch
 
         enc = self._tokenizer(
