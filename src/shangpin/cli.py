@@ -735,6 +735,125 @@ def forget(
 
 
 @app.command()
+def serve(
+    model: ModelOpt,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db", help="Database of keys, suggestions and events (default SHANGPIN_DB_URL or shangpin.db)."
+        ),
+    ] = None,
+    auto_accept: Annotated[
+        float,
+        typer.Option(
+            "--auto-accept", help="Default score at or above which a stored suggestion is accepted."
+        ),
+    ] = 0.9,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold", help="NAME=SCORE auto-accept threshold of an attribute or task (repeatable)."
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        float,
+        typer.Option("--rate-limit", help="Requests per second per API key (bursts of 2x); 0 = no limit."),
+    ] = 100.0,
+    max_body: Annotated[
+        int, typer.Option("--max-body", help="Largest request body in bytes (413 above).")
+    ] = 8 * 2**20,
+    max_products: Annotated[
+        int, typer.Option("--max-products", help="Products per enrichment request.")
+    ] = 256,
+    salt_file: Annotated[
+        Path | None, typer.Option("--salt-file", help="Salt of user-id hashes for POST /v1/events.")
+    ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve a model over HTTP (FastAPI; OpenAPI docs at /docs). SHANGPIN_AUTH=off disables API keys (demos)."""
+    import uvicorn
+
+    from shangpin.service import ServiceSettings, auth_enabled, create_app
+    from shangpin.storage.review import Thresholds
+
+    _setup_logging(verbose)
+    settings = ServiceSettings(
+        model_dir=model,
+        db_url=db,
+        auth=auth_enabled(),
+        max_body_bytes=max_body,
+        max_products=max_products,
+        rate_limit=rate_limit,
+        thresholds=Thresholds.parse(auto_accept, threshold or []),
+        salt_file=salt_file,
+    )
+    application = create_app(settings)
+    typer.echo(f"serving {model} on http://{host}:{port} (API docs: http://{host}:{port}/docs)", err=True)
+    uvicorn.run(
+        application, host=host, port=port, access_log=access_log, log_level="info" if verbose else "warning"
+    )
+
+
+keys_app = typer.Typer(help="API keys of the service: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default SHANGPIN_DB_URL or sqlite:///shangpin.db)."),
+]
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option("--scope", help="read, write or admin.")] = "read",
+    name: Annotated[
+        str | None, typer.Option("--name", help="Who or what uses the key (shown in the audit).")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Create a key; its token is printed once (stdout) and stored only as a hash."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.keys import KeyStore
+
+    with KeyStore(db or default_db_url()) as store:
+        key, token = store.create(scope, name)
+    typer.echo(
+        f"created key {key.prefix} (scope {key.scope}); keep the token, it is not shown again:", err=True
+    )
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(db: DbOpt = None) -> None:
+    """List keys (prefix, scope, name, created, revoked); tokens are never shown."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.keys import KeyStore
+
+    with KeyStore(db or default_db_url()) as store:
+        for key in store.list():
+            state = "revoked" if key.revoked else "active"
+            typer.echo(
+                f"{key.prefix}\t{key.scope}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}\t{key.name or ''}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (the part after 'sp_' in its token).")],
+    db: DbOpt = None,
+) -> None:
+    """Revoke a key; the service stops accepting it within 30 s (its key cache)."""
+    from shangpin.storage.db import default_db_url
+    from shangpin.storage.keys import KeyStore
+
+    with KeyStore(db or default_db_url()) as store:
+        key = store.revoke(prefix)
+    typer.echo(f"revoked key {key.prefix} (scope {key.scope})", err=True)
+
+
+@app.command()
 def export(
     model: ModelOpt,
     format_: Annotated[str, typer.Option("--format", help="Graph format of the export: onnx.")] = "onnx",

@@ -31,3 +31,11 @@ class NotFittedError(ShangpinError):
 
 class IncompatibleModelError(ShangpinError):
     """A saved model was written by another format version (HTTP 503)."""
+
+
+class NotFoundError(ShangpinError):
+    """A record the request names does not exist (HTTP 404)."""
+
+
+class ConflictError(ShangpinError):
+    """The request does not fit the record's current state, e.g. a superseded suggestion (HTTP 409)."""

@@ -21,7 +21,6 @@ from sqlalchemy import (
     create_engine,
     false,
     func,
-    insert,
     select,
     text,
 )
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from shangpin.records import AttributeValue, Product
+    from shangpin.storage.review import Thresholds
 
 DB_URL_ENV = "SHANGPIN_DB_URL"
 DEFAULT_DB_URL = "sqlite:///shangpin.db"
@@ -199,6 +199,12 @@ class StoredPrediction:
     rule: str | None = None
     conflict: bool = False
     rejected: bool = False
+    status: str = "pending"
+    """Review state: pending, auto_accepted, accepted, edited, rejected or superseded."""
+    final_value: str | None = None
+    """The value in force after review: the accepted value or the reviewer's correction; None otherwise."""
+    reviewed_by: str | None = None
+    updated_at: datetime | None = None
 
 
 def default_db_url() -> str:
@@ -274,15 +280,29 @@ class PredictionStore(Store):
     """
 
     def save_products(
-        self, products: Sequence[Product], *, model_version: str, include_category: bool = False
+        self,
+        products: Sequence[Product],
+        *,
+        model_version: str,
+        include_category: bool = False,
+        include_tags: bool = False,
+        thresholds: Thresholds | None = None,
     ) -> int:
         """Store the predictions of `products` in one transaction; return the number of rows written.
 
         Every entry of `extracted` (stage "extract_attributes") and `predicted` (stage "predict_attributes")
         is stored. `category` is stored (stage "categorize", attribute "category") only with
         `include_category`, because on input it holds the known category rather than a prediction; pass it
-        when the pipeline ran `categorize`. A category the model abstained on is not stored.
+        when the pipeline ran `categorize`. A category the model abstained on is not stored. Likewise the
+        selected tags (stage "recommend_tags", attribute "tag") with `include_tags`.
+
+        Stored predictions are review suggestions: each is auto-accepted when `thresholds` says its score is
+        high enough (an audit record says so), otherwise pending. A product's older pending suggestions of the
+        same stages are superseded by the new ones, and its input (title, description, ...) is kept in
+        `products` so reviewers and `train --from-reviews` can read it.
         """
+        from shangpin.storage.review import new_suggestion_rows
+
         now = datetime.now(UTC)
         rows: list[dict[str, Any]] = []
         for product in products:
@@ -294,22 +314,21 @@ class PredictionStore(Store):
             category = product.category
             if include_category and category is not None and not category.abstained:
                 rows.append(
-                    {
-                        "product_id": product.product_id,
-                        "stage": "categorize",
-                        "attribute": "category",
-                        "value": category.path,
-                        "score": category.score,
-                        "source": "predicted",
-                        "conflict": False,
-                        "rejected": False,
-                        "model_version": model_version,
-                        "created_at": now,
-                    }
+                    _plain_row(
+                        product, "categorize", "category", category.path, category.score, model_version, now
+                    )
+                )
+            if include_tags:
+                rows.extend(
+                    _plain_row(product, "recommend_tags", "tag", t.label, t.score, model_version, now)
+                    for t in product.tags
+                    if getattr(t, "selected", True)
                 )
         if rows:
             with Session(self._engine) as session, session.begin():
-                session.execute(insert(PredictionRow), rows)
+                new_suggestion_rows(
+                    session, products, rows, thresholds, now, category_is_input=not include_category
+                )
         return len(rows)
 
     def predictions_for(self, product_id: str) -> list[StoredPrediction]:
@@ -322,6 +341,23 @@ class PredictionStore(Store):
         """The number of stored predictions."""
         with Session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(PredictionRow)) or 0
+
+
+def _plain_row(
+    product: Product, stage: str, attribute: str, value: str, score: float, model_version: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "product_id": product.product_id,
+        "stage": stage,
+        "attribute": attribute,
+        "value": value,
+        "score": score,
+        "source": "predicted",
+        "conflict": False,
+        "rejected": False,
+        "model_version": model_version,
+        "created_at": now,
+    }
 
 
 def _attribute_row(
@@ -357,10 +393,8 @@ def _evidence(product: Product, av: AttributeValue) -> str | None:
 
 
 def _stored(row: PredictionRow) -> StoredPrediction:
-    created_at = row.created_at
-    # SQLite keeps no time zone; every timestamp is written in UTC.
-    if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=UTC)
+    created_at = _utc(row.created_at)
+    assert created_at is not None
     return StoredPrediction(
         id=row.id,
         product_id=row.product_id,
@@ -379,7 +413,18 @@ def _stored(row: PredictionRow) -> StoredPrediction:
         rule=row.rule,
         conflict=bool(row.conflict),
         rejected=bool(row.rejected),
+        status=row.status,
+        final_value=row.final_value,
+        reviewed_by=row.reviewed_by,
+        updated_at=_utc(row.updated_at),
     )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite keeps no time zone; every timestamp is written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def _upgrade_head(connection: Connection) -> None:
@@ -409,8 +454,11 @@ def _create_engine(url: URL) -> Engine:
     if backend == "sqlite" and url.database in (None, "", ":memory:"):
         # One shared connection, so every thread sees the same in-memory database.
         kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-    elif backend == "postgresql" and "connect_timeout" not in url.query:
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    elif backend == "postgresql":
+        # Test pooled connections before use: after a server restart the service recovers on the next request.
+        kwargs["pool_pre_ping"] = True
+        if "connect_timeout" not in url.query:
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
         return create_engine(url, **kwargs)
     except ImportError as exc:
