@@ -391,3 +391,33 @@ def test_database_outage_gives_503_then_recovers(model: Path, db_url: str) -> No
             assert client.get("/healthz").json()["database"] == "ok"
     finally:
         proxy.stop()
+
+
+def test_train_from_reviews_uses_human_decisions_only(model: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    products = tiny_products(40)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in products))
+    unlabelled = [Product(p.product_id, p.title, p.description) for p in products[:6]]
+    out = list(Pipeline.load(model, stages=["categorize"]).pipe(unlabelled))
+    with ReviewStore(url) as store:
+        store.save_products(
+            out, model_version="m@1", include_category=True, thresholds=Thresholds(default=1.01)
+        )
+        pending, _ = store.suggestions(limit=10)
+        store.decide(pending[0].id, "edit", actor="me", value="Shoes > Clogs")
+        store.decide(pending[1].id, "accept", actor="me")
+        store.decide(pending[2].id, "reject", actor="me")
+    runner = CliRunner()
+    new_model = tmp_path / "retrained"
+    args = ["train", "--task", "categorize", "--from-reviews", "--db", url, "--model", str(new_model)]
+    result = runner.invoke(cli, [*args, "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((new_model / "categorize" / "meta.json").read_text())
+    assert meta["train"]["reviewed_products"] == 2  # the edit and the accept; a rejected category is no label
+    retrained = Pipeline.load(new_model).get("categorize")
+    assert "Shoes > Clogs" in retrained.classes_  # type: ignore[attr-defined]  # the correction is a new class
+    empty = runner.invoke(
+        cli, ["train", "--task", "tags", "--from-reviews", "--db", url, "--model", str(new_model)]
+    )
+    assert "no human decisions on 'recommend_tags'" in str(empty.exception)

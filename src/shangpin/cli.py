@@ -73,8 +73,26 @@ def train(
     task: Annotated[
         str, typer.Option("--task", "-t", help="What to train: categorize, extract, attributes, tags.")
     ],
-    data: DataOpt,
     model: ModelOpt,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Labelled products: .jsonl, .jsonl.gz or .csv (optional with --from-reviews).",
+        ),
+    ] = None,
+    from_reviews: Annotated[
+        bool,
+        typer.Option(
+            "--from-reviews",
+            help="Also train on the review queue's human decisions in --db (accepted/edited = labels, rejected = "
+            "negatives; auto-accepted values are not used).",
+        ),
+    ] = False,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Review database for --from-reviews (default SHANGPIN_DB_URL).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     taxonomy: Annotated[
@@ -89,6 +107,7 @@ def train(
     verbose: VerboseOpt = True,
 ) -> None:
     """Train one stage on labelled products and add it to the model directory (other stages stay)."""
+    from shangpin.storage.db import default_db_url
     from shangpin.train import train as run_train
 
     _setup_logging(verbose)
@@ -100,6 +119,7 @@ def train(
         overrides=[*(set_ or ()), *([f"taxonomy={taxonomy}"] if taxonomy else [])],
         skip_invalid=skip_invalid,
         field_map=_field_map(field_map),
+        reviews_db=(db or default_db_url()) if from_reviews else None,
     )
     info = stage.train_info_
     what = info.get("summary") or f"on {info.get('n_train', '?')} products"

@@ -412,7 +412,9 @@ class ReviewStore(PredictionStore):
         """Products with human decisions on `stage`, carrying those decisions as gold (for `train --from-reviews`).
 
         Accepted and edited values become the gold value; a rejected value of an attribute that has no accepted
-        value becomes "known absent" (a negative). Auto-accepted and pending suggestions are ignored.
+        value becomes "known absent" (a negative); rejected tags are left out of the product's tags; a product
+        whose only category decisions are rejections is left out. Auto-accepted and pending suggestions are
+        ignored.
         """
         with Session(self._engine) as session:
             decided = (
@@ -444,7 +446,10 @@ class ReviewStore(PredictionStore):
             row = rows.get(product_id)
             if row is None:
                 continue
-            products.append(_gold_product(row, stage, decisions))
+            product = _gold_product(row, stage, decisions)
+            if stage == "categorize" and product.category is None:
+                continue  # only rejections: no label to learn (a classifier takes no "not this class")
+            products.append(product)
         return products
 
     def _row(self, session: Session, suggestion_id: int, *, lock: bool = False) -> PredictionRow:
@@ -632,6 +637,27 @@ def _gold_product(
     return product
 
 
+def merge_reviews(products: Sequence[Product], reviewed: Sequence[Product], stage: str) -> list[Product]:
+    """`products` with the reviewed products' decisions laid over them (new products appended).
+
+    Attribute stages take each reviewed attribute (a correction replaces the label, a rejection without an
+    accepted value marks it known absent) and keep the rest; categorize and tags take the reviewed category or
+    tag list whole.
+    """
+    out = {p.product_id: p for p in products}
+    for r in reviewed:
+        base = out.get(r.product_id)
+        if base is None:
+            out[r.product_id] = r
+        elif stage == "categorize":
+            base.category = r.category or base.category
+        elif stage == "recommend_tags":
+            base.tags = r.tags
+        else:
+            base.attributes = {**base.attributes, **r.attributes}
+    return list(out.values())
+
+
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -643,6 +669,7 @@ __all__ = [
     "ReviewStore",
     "Thresholds",
     "audit_to_dict",
+    "merge_reviews",
     "new_suggestion_rows",
     "suggestion_to_dict",
 ]
