@@ -64,3 +64,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def service_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Categoriser, extractor, tags and a ranking model, all tiny (the model the service tests serve)."""
+    from shangpin.pipeline import Pipeline
+    from shangpin.ranking import RANK_DIR, RankModel, load_catalog
+    from shangpin.ranking.simulate import Simulator
+    from shangpin.records import ScoredLabel
+    from shangpin.stages.categorize import Categorizer
+    from shangpin.stages.extract_attributes import AttributeExtractor
+    from shangpin.stages.recommend_tags import TagRecommender
+
+    folder = tmp_path_factory.mktemp("service") / "model"
+    products = make_tiny(40)
+    for p in products:
+        leaf = p.category_path.split(" > ")[-1].lower() if p.category_path else "misc"
+        p.tags = [ScoredLabel(leaf, 1.0), ScoredLabel(p.title.split()[0].lower(), 1.0)]
+    stages = [
+        Categorizer(dev_fraction=0.25),
+        AttributeExtractor(num_layers=2, epochs=8, learning_rate=3e-4, batch_size=8),
+        TagRecommender(keyphrases=0, min_count=2),
+    ]
+    Pipeline(stages).fit(products).save(folder)
+    catalog = load_catalog(Path(__file__).resolve().parents[1] / "demo" / "rank_catalog.jsonl")
+    RankModel().fit(catalog, Simulator(sessions=400, requests=5, seed=1).run(catalog).events).save(
+        folder / RANK_DIR
+    )
+    return folder

@@ -16,14 +16,9 @@ from typer.testing import CliRunner
 from shangpin.cli import app as cli
 from shangpin.errors import ConfigError
 from shangpin.pipeline import Pipeline
-from shangpin.ranking import RANK_DIR, RankModel, load_catalog
-from shangpin.ranking.simulate import Simulator
-from shangpin.records import Product, ScoredLabel
+from shangpin.records import Product
 from shangpin.service import ServiceSettings, create_app
 from shangpin.service.batching import MicroBatcher
-from shangpin.stages.categorize import Categorizer
-from shangpin.stages.extract_attributes import AttributeExtractor
-from shangpin.stages.recommend_tags import TagRecommender
 from shangpin.storage.catalog import product_to_input
 from shangpin.storage.keys import KeyStore
 from shangpin.storage.review import ReviewStore, Thresholds
@@ -33,24 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Categoriser, extractor, tags and a ranking model, all tiny."""
-    folder = tmp_path_factory.mktemp("service") / "model"
-    products = tiny_products(40)
-    for p in products:
-        leaf = p.category_path.split(" > ")[-1].lower() if p.category_path else "misc"
-        p.tags = [ScoredLabel(leaf, 1.0), ScoredLabel(p.title.split()[0].lower(), 1.0)]
-    stages = [
-        Categorizer(dev_fraction=0.25),
-        AttributeExtractor(num_layers=2, epochs=8, learning_rate=3e-4, batch_size=8),
-        TagRecommender(keyphrases=0, min_count=2),
-    ]
-    Pipeline(stages).fit(products).save(folder)
-    catalog = load_catalog(ROOT / "demo" / "rank_catalog.jsonl")
-    RankModel().fit(catalog, Simulator(sessions=400, requests=5, seed=1).run(catalog).events).save(
-        folder / RANK_DIR
-    )
-    return folder
+def model(service_model: Path) -> Path:
+    return service_model
 
 
 def _client(model: Path, url: str, **settings: object) -> TestClient:

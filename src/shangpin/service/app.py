@@ -4,7 +4,6 @@ It adds no model logic: every route validates the body, calls the library, and m
 HTTP answers (DataError 422, NotFoundError 404, ConflictError 409, an unreachable database 503).
 """
 
-
 import logging
 import math
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +47,9 @@ log = logging.getLogger("shangpin.service")
 
 AUTH_ENV = "SHANGPIN_AUTH"
 StoreT = TypeVar("StoreT", bound=Store)
+_MAX_ID = 2**62
+"""Ids above this do not exist and would overflow a 64-bit database integer."""
+SuggestionId = Annotated[int, PathParam(ge=1, le=_MAX_ID, description="A suggestion's id.")]
 
 _STATUS_OF: dict[type[ShangpinError], int] = {
     DataError: 422,
@@ -312,7 +315,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
         max_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0,
     ) -> dict[str, Any]:
         """Suggestions by status (pending: lowest score first), stage, attribute, category or product."""
         items, total = dbs.get(ReviewStore).suggestions(
@@ -336,17 +339,21 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return suggestion_to_dict(decided)
 
     @app.post("/v1/suggestions/{suggestion_id}/accept", response_model=schemas.Suggestion, tags=["review"])
-    def accept(suggestion_id: int, key: Write, body: schemas.Decision | None = None) -> dict[str, Any]:
+    def accept(
+        suggestion_id: SuggestionId, key: Write, body: schemas.Decision | None = None
+    ) -> dict[str, Any]:
         """Accept a suggestion as it is (its canonical value when normalisation gave one)."""
         return decide(suggestion_id, "accept", body, key)
 
     @app.post("/v1/suggestions/{suggestion_id}/reject", response_model=schemas.Suggestion, tags=["review"])
-    def reject(suggestion_id: int, key: Write, body: schemas.Decision | None = None) -> dict[str, Any]:
+    def reject(
+        suggestion_id: SuggestionId, key: Write, body: schemas.Decision | None = None
+    ) -> dict[str, Any]:
         """Reject a suggestion (it becomes a negative example for `train --from-reviews`)."""
         return decide(suggestion_id, "reject", body, key)
 
     @app.post("/v1/suggestions/{suggestion_id}/edit", response_model=schemas.Suggestion, tags=["review"])
-    def edit(suggestion_id: int, body: schemas.Decision, key: Write) -> dict[str, Any]:
+    def edit(suggestion_id: SuggestionId, body: schemas.Decision, key: Write) -> dict[str, Any]:
         """Replace a suggestion's value with a correction (`value`)."""
         return decide(suggestion_id, "edit", body, key)
 
@@ -371,7 +378,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def audit(
         _key: Read,
         product_id: str | None = None,
-        suggestion_id: int | None = None,
+        suggestion_id: Annotated[int | None, Query(ge=1, le=_MAX_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[dict[str, Any]]:
         """Audit records, newest first: who changed what, when, with which model, before -> after."""
