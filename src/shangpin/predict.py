@@ -87,6 +87,8 @@ def predict_file(
     Args:
         engine: "local" (this process) or "ray" (`workers` Ray actors, each loading the model once; needs
             the `ray` extra). Both write the same bytes.
+        workers: Ray actors (default: the cores this process may use).
+        chunk_size: products per chunk, the unit of resuming (and of work handed to a Ray actor).
         pipeline: an already loaded pipeline of `model_dir` for the local engine.
     """
     t0 = time.perf_counter()
@@ -98,6 +100,9 @@ def predict_file(
         raise DataError(f"{data}: no such file; expected a .jsonl, .jsonl.gz or .csv product file")
     chunk_size = chunk_size or batch_size
     report = PredictReport(model_version=model_version(model_dir))
+    # The model is checked (ray) or loaded (local) before anything is written, so a bad one leaves nothing.
+    local = None if engine == "ray" else (pipeline or Pipeline.load(model_dir))
+    include_category = "category" in (_stage_assigns(model_dir) if local is None else local.assigns)
     settings = _job_settings(
         model_dir,
         data,
@@ -116,7 +121,7 @@ def predict_file(
         job = ChunkedJob(out, settings, restart=restart)
         report.resumed = len(job.done)
         chunks: Iterator[ChunkResult]
-        if engine == "ray":
+        if local is None:
             from shangpin.ray_engine import ray_chunks
 
             chunks = ray_chunks(
@@ -131,19 +136,16 @@ def predict_file(
                 with_products=store is not None,
                 report=report.read,
             )
-            include_category = "category" in _stage_assigns(model_dir)
         else:
-            pipeline = pipeline or Pipeline.load(model_dir)
             products = read_products(data, field_map=field_map, skip_invalid=skip_invalid, report=report.read)
             chunks = local_chunks(
-                pipeline,
+                local,
                 track(products, "predicting"),
                 batch_size=batch_size,
                 chunk_size=chunk_size,
                 done=job.done,
                 with_products=store is not None,
             )
-            include_category = "category" in pipeline.assigns
         try:
             for chunk in chunks:
                 if store is not None and chunk.products is not None:
@@ -278,11 +280,17 @@ def _model_fingerprint(model_dir: Path) -> str:
 
 
 def _stage_assigns(model_dir: Path) -> set[str]:
-    """Product fields the stages of a saved model assign, read without loading the stages."""
+    """Product fields the stages of a saved model assign, read without loading the stages; checks each stage's
+    meta.json first, so a missing or incompatible stage fails here rather than inside a Ray actor."""
     from shangpin.registry import get_stage_class
     from shangpin.storage.artifacts import read_pipeline_meta
 
-    return {f for kind in read_pipeline_meta(model_dir)["stages"] for f in get_stage_class(kind).assigns}
+    fields: set[str] = set()
+    for kind in read_pipeline_meta(model_dir)["stages"]:
+        stage_class = get_stage_class(kind)
+        stage_class.read_meta(model_dir / kind)
+        fields.update(stage_class.assigns)
+    return fields
 
 
 def model_version(model_dir: Path) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,8 +35,16 @@ log = logging.getLogger(__name__)
 
 SUMMARY_CHUNK = -1
 """Chunk number of the last block: the read report, no products."""
+ERROR_CHUNK = -2
+"""Chunk number of an actor's answer that is a user-fixable error (Ray would pass on only its text)."""
 WORKER_ENV = {"SHANGPIN_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """One inference thread per actor: the pool, not the thread pools of each actor, uses the cores."""
+
+# Ray guesses the actors' inputs from the read's block count (1: one read task), before the task yields a
+# block per chunk; the pool does get every chunk.
+warnings.filterwarnings(
+    "ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(_Annotator\)'"
+)
 
 
 def ray_chunks(
@@ -65,9 +74,8 @@ def ray_chunks(
             f"--engine ray needs Ray Data, which is not installed ({exc}); run: pip install 'shangpin[ray]'"
         ) from exc
     from shangpin._progress import enabled as progress_enabled
-    from shangpin.encoders import num_threads
 
-    workers = workers or num_threads()
+    workers = workers or _cores()
     quiet = not log.isEnabledFor(logging.INFO)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # progress-bar and deprecation notices
@@ -99,24 +107,28 @@ def ray_chunks(
             runtime_env={"env_vars": WORKER_ENV},
         )
         error = None
-        try:
-            for row in dataset.iter_rows():
-                if row["chunk"] == SUMMARY_CHUNK:
-                    error = _fill_report(report, json.loads(row["summary"]), str(data.resolve()), str(data))
-                    continue
+        for row in dataset.iter_rows():
+            if row["chunk"] == SUMMARY_CHUNK:
+                error = _fill_report(report, json.loads(row["summary"]), str(data.resolve()), str(data))
+            elif row["chunk"] == ERROR_CHUNK:
+                raise _error(json.loads(row["summary"]))
+            else:
                 products = pickle.loads(row["products"]) if with_products else None
                 yield ChunkResult(int(row["chunk"]), row["lines"], products)
-        except Exception as exc:
-            cause = _shangpin_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise
         if error is not None:
             raise DataError(error)
     finally:
         context.enable_progress_bars, context.target_max_block_size = saved
         if started:
             ray.shutdown()
+
+
+def _cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _init_ray(workers: int, *, quiet: bool) -> bool:
@@ -140,25 +152,14 @@ def _init_ray(workers: int, *, quiet: bool) -> bool:
     return True
 
 
-def _shangpin_cause(exc: BaseException) -> ShangpinError | None:
-    """The user-fixable error an actor raised, out of the Ray exceptions that wrap it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ShangpinError):
-            return _plain(current)
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return None
+def _error(info: dict[str, str]) -> ShangpinError:
+    """The ShangpinError an actor reported, as its own class."""
+    import shangpin.errors
 
-
-def _plain(exc: ShangpinError) -> ShangpinError:
-    """A ShangpinError of the same class and message (Ray's wrappers subclass the original class)."""
-    for cls in type(exc).__mro__:
-        if cls.__module__ == "shangpin.errors":
-            plain: ShangpinError = cls(exc.message)
-            return plain
-    return ShangpinError(exc.message)
+    cls = getattr(shangpin.errors, info["class"], None)
+    if not (isinstance(cls, type) and issubclass(cls, ShangpinError)):
+        cls = ShangpinError
+    return cls(info["message"])
 
 
 def _fill_report(report: ReadReport, summary: dict[str, Any], read_as: str, shown_as: str) -> str | None:
@@ -260,13 +261,20 @@ def _block(index: int, *, products: bytes = b"", lines: str = "", summary: str =
 
 
 class _Annotator:
-    """A Ray actor: loads the pipeline once, then enriches one chunk per call."""
+    """A Ray actor: loads the pipeline once, then enriches one chunk per call.
+
+    A ShangpinError (loading the model, or in a stage) comes back as an ERROR_CHUNK row, so the driver can
+    raise it with its class and message; Ray's own exceptions keep only the text and a traceback.
+    """
 
     def __init__(self, model_dir: str, batch_size: int, with_products: bool) -> None:
         from shangpin.pipeline import Pipeline
 
-        self.pipeline = Pipeline.load(Path(model_dir))
-        self.fields = self.pipeline.assigns
+        self.error: ShangpinError | None = None
+        try:
+            self.pipeline = Pipeline.load(Path(model_dir))
+        except ShangpinError as exc:
+            self.error = exc
         self.batch_size = batch_size
         self.with_products = with_products
 
@@ -278,11 +286,19 @@ class _Annotator:
             if row["chunk"] == SUMMARY_CHUNK:
                 blocks.append(_block(SUMMARY_CHUNK, summary=row["summary"]))
                 continue
-            enriched = list(self.pipeline.pipe(pickle.loads(row["products"]), batch_size=self.batch_size))
+            try:
+                if self.error is not None:
+                    raise self.error
+                products = pickle.loads(row["products"])
+                enriched = list(self.pipeline.pipe(products, batch_size=self.batch_size))
+            except ShangpinError as exc:
+                info = {"class": type(exc).__name__, "message": exc.message}
+                blocks.append(_block(ERROR_CHUNK, summary=json.dumps(info)))
+                continue
             blocks.append(
                 _block(
                     row["chunk"],
-                    lines=output_lines(enriched, self.fields),
+                    lines=output_lines(enriched, self.pipeline.assigns),
                     products=pickle.dumps(enriched) if self.with_products else b"",
                 )
             )
