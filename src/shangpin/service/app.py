@@ -18,8 +18,9 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from shangpin import __version__
@@ -38,6 +39,7 @@ from shangpin.service import schemas
 from shangpin.service.batching import MicroBatcher
 from shangpin.service.metrics import Metrics, MetricsMiddleware
 from shangpin.service.security import ANONYMOUS, BodyLimit, KeyCache, RateLimiter
+from shangpin.service.ui import COOKIE, CSRF_HEADER, CSRF_VALUE, HERE, LoginRequired, UiContext, ui_router
 from shangpin.storage.catalog import product_from_dict, product_to_output
 from shangpin.storage.db import Store, default_db_url
 from shangpin.storage.keys import ApiKey
@@ -47,6 +49,7 @@ log = logging.getLogger("shangpin.service")
 
 AUTH_ENV = "SHANGPIN_AUTH"
 StoreT = TypeVar("StoreT", bound=Store)
+STATIC_DIR = HERE / "static"
 _MAX_ID = 2**62
 """Ids above this do not exist and would overflow a 64-bit database integer."""
 SuggestionId = Annotated[int, PathParam(ge=1, le=_MAX_ID, description="A suggestion's id.")]
@@ -184,18 +187,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     def caller(scope: str) -> Callable[..., ApiKey]:
         def dependency(
+            request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> ApiKey:
             if not settings.auth:
                 key = ANONYMOUS
             else:
-                if credentials is None or credentials.scheme.lower() != "bearer":
+                token = _token(request, credentials)
+                if token is None:
                     raise HTTPException(
                         401,
                         "missing API key: send 'Authorization: Bearer <key>' (make one with 'shangpin keys create').",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
-                found = keys.get(credentials.credentials.strip())
+                found = keys.get(token)
                 if found is None:
                     raise HTTPException(
                         401, "unknown or revoked API key.", headers={"WWW-Authenticate": "Bearer"}
@@ -406,8 +411,32 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Prometheus metrics (text format)."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    app.include_router(
+        ui_router(
+            UiContext(
+                verify=keys.get,
+                reviews=lambda: dbs.get(ReviewStore),
+                ranker=ranker,
+                model_dir=model_dir,
+                model_version=version,
+                auth=settings.auth,
+                anonymous=ANONYMOUS,
+            )
+        )
+    )
+    app.mount("/ui/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _install_error_handlers(app)
     return app
+
+
+def _token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The caller's token: the Bearer header, or the workbench's login cookie on a same-origin script call."""
+    if credentials is not None and credentials.scheme.lower() == "bearer" and credentials.credentials.strip():
+        return credentials.credentials.strip()
+    cookie = request.cookies.get(COOKIE)
+    if cookie and request.headers.get(CSRF_HEADER, "").lower() == CSRF_VALUE:
+        return cookie
+    return None
 
 
 def _runner(pipeline: Pipeline) -> Callable[[list[Product], tuple[str, ...] | None], list[Product]]:
@@ -463,6 +492,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"detail": jsonable_encoder(errors), "message": message or "invalid request"}, status_code=422
         )
 
+    async def login_required(_request: Request, _exc: Exception) -> RedirectResponse:
+        return RedirectResponse("/ui/login", status_code=303)
+
+    app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(ShangpinError, library_error)
     app.add_exception_handler(DatabaseUnavailable, database_error)
     app.add_exception_handler(DBAPIError, database_error)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from shangpin.errors import ConfigError, ConflictError, DataError, NotFoundError
@@ -408,6 +408,89 @@ class ReviewStore(PredictionStore):
                 )
             return _product_dict(row)
 
+    def products(
+        self,
+        *,
+        category: str | None = None,
+        status: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of stored products (id order) with their live suggestions summarised, and the total.
+
+        Each item: id, title, category (given, else the predicted one), suggestions, pending, min_score.
+        `status`, `min_score` and `max_score` keep products having a live suggestion that matches them;
+        `query` matches a substring of the title.
+        """
+        live = PredictionRow.status != "superseded"
+        agg = (
+            select(
+                PredictionRow.product_id.label("pid"),
+                func.count().label("n"),
+                func.sum(case((PredictionRow.status == "pending", 1), else_=0)).label("pending"),
+                func.min(PredictionRow.score).label("min_score"),
+                func.max(case((PredictionRow.stage == "categorize", PredictionRow.value), else_=None)).label(
+                    "pcat"
+                ),
+            )
+            .where(live)
+            .group_by(PredictionRow.product_id)
+            .subquery()
+        )
+        where: list[ColumnElement[bool]] = []
+        if category:
+            where.extend(self._where(None, None, None, category, None, None, None, column=ProductRow.id))
+        if status is not None or min_score is not None or max_score is not None:
+            matching = self._where(status, None, None, None, None, min_score, max_score)
+            where.append(ProductRow.id.in_(select(PredictionRow.product_id).where(live, *matching)))
+        if query:
+            where.append(ProductRow.title.ilike(f"%{query}%"))
+        with Session(self._engine) as session:
+            total = session.scalar(select(func.count()).select_from(ProductRow).where(*where)) or 0
+            rows = session.execute(
+                select(
+                    ProductRow.id,
+                    ProductRow.title,
+                    ProductRow.category,
+                    agg.c.n,
+                    agg.c.pending,
+                    agg.c.min_score,
+                    agg.c.pcat,
+                )
+                .outerjoin(agg, agg.c.pid == ProductRow.id)
+                .where(*where)
+                .order_by(ProductRow.id)
+                .limit(limit)
+                .offset(offset)
+            ).tuples()
+            items = [
+                {
+                    "id": pid,
+                    "title": title,
+                    "category": given or predicted,
+                    "suggestions": n or 0,
+                    "pending": int(pending or 0),
+                    "min_score": min_s,
+                }
+                for pid, title, given, n, pending, min_s, predicted in rows
+            ]
+        return items, total
+
+    def titles(self, product_ids: Sequence[str]) -> dict[str, str]:
+        """{product id: title} of the stored products among `product_ids`."""
+        out: dict[str, str] = {}
+        with Session(self._engine) as session:
+            for chunk in _chunks(sorted(set(product_ids))):
+                out.update(
+                    session.execute(select(ProductRow.id, ProductRow.title).where(ProductRow.id.in_(chunk)))
+                    .tuples()
+                    .all()  # a Result has keys(): dict.update would take it for a mapping
+                )
+        return out
+
     def reviewed_products(self, stage: str) -> list[Product]:
         """Products with human decisions on `stage`, carrying those decisions as gold (for `train --from-reviews`).
 
@@ -468,7 +551,10 @@ class ReviewStore(PredictionStore):
         product_id: str | None,
         min_score: float | None,
         max_score: float | None,
+        *,
+        column: Any = None,
     ) -> list[ColumnElement[bool]]:
+        """Filters of suggestions (or, with `column`, of product ids by `category`)."""
         where: list[ColumnElement[bool]] = []
         if status is not None:
             if status not in STATUSES:
@@ -494,7 +580,8 @@ class ReviewStore(PredictionStore):
                 PredictionRow.status != "superseded",
                 or_(PredictionRow.value == category, PredictionRow.value.like(under)),
             )
-            where.append(or_(PredictionRow.product_id.in_(given), PredictionRow.product_id.in_(predicted)))
+            ids = PredictionRow.product_id if column is None else column
+            where.append(or_(ids.in_(given), ids.in_(predicted)))
         return where
 
 
