@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint install clean bench serve
 
 install: $(STAMP)
 
@@ -20,12 +20,13 @@ demo: $(STAMP)
 	$(BIN)/shangpin train --task attributes --data demo/train.jsonl --model demo/model \
 		--set rules_file=demo/rules.toml --set synonyms_file=demo/synonyms.toml
 	$(BIN)/shangpin train --task tags --data demo/train.jsonl --model demo/model
-	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl
+	rm -f demo/demo.db
+	$(BIN)/shangpin predict --model demo/model --data demo/products.jsonl --out demo/enriched.jsonl --db sqlite:///demo/demo.db
 	$(BIN)/shangpin view demo/enriched.jsonl --data demo/products.jsonl --limit 12
-	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/report.html
+	$(BIN)/shangpin evaluate --model demo/model --data demo/gold.jsonl --report demo/model/reports/demo-gold.html
 	$(BIN)/shangpin train --task categorize --data demo/zh_products.jsonl --model demo/zh-model \
 		--taxonomy demo/taxonomy/shopify-zh-CN-categories.txt
-	$(BIN)/shangpin predict --model demo/zh-model --data demo/zh_products.jsonl --out demo/zh-enriched.jsonl
+	$(BIN)/shangpin predict --model demo/zh-model --data demo/zh_products.jsonl --out demo/zh-enriched.jsonl --db sqlite:///demo/demo.db
 	$(BIN)/shangpin view demo/zh-enriched.jsonl --data demo/zh_products.jsonl --limit 12
 	$(BIN)/shangpin simulate --catalog demo/rank_catalog.jsonl --out demo/events.jsonl \
 		--requests demo/rank_requests.jsonl --set sessions=3000 --set requests=300
@@ -34,8 +35,15 @@ demo: $(STAMP)
 	$(BIN)/shangpin rank importance --model demo/model --out demo/importance.json --category "Apparel & Accessories > Shoes"
 	$(BIN)/shangpin rank predict --model demo/model --requests demo/rank_requests.jsonl --out demo/rankings.jsonl
 	$(BIN)/shangpin rank evaluate --model demo/model --requests demo/rank_requests.jsonl --answers demo/rank_requests.answers.jsonl
-	@echo "Enriched products: demo/enriched.jsonl, demo/zh-enriched.jsonl   Evaluation report: demo/report.html"
+	@echo "Enriched products: demo/enriched.jsonl, demo/zh-enriched.jsonl   Evaluation report: demo/model/reports/demo-gold.html"
 	@echo "Rankings: demo/rankings.jsonl   Attribute importance: demo/importance.json"
+	@echo "Review workbench on the demo database: run 'make serve', then open http://127.0.0.1:8000/ui"
+
+# The service and review workbench over the demo model and database (no API keys: local demo only).
+serve: $(STAMP)
+	@test -f demo/demo.db || $(MAKE) demo
+	@echo "Review workbench: http://127.0.0.1:8000/ui   API docs: http://127.0.0.1:8000/docs"
+	SHANGPIN_AUTH=off $(BIN)/shangpin serve --model demo/model --db sqlite:///demo/demo.db --salt-file demo/.salt --port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

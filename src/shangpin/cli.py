@@ -811,7 +811,11 @@ def serve(
         salt_file=salt_file,
     )
     application = create_app(settings)
-    typer.echo(f"serving {model} on http://{host}:{port} (API docs: http://{host}:{port}/docs)", err=True)
+    typer.echo(
+        f"serving {model} on http://{host}:{port}: review workbench http://{host}:{port}/ui, "
+        f"API docs http://{host}:{port}/docs",
+        err=True,
+    )
     uvicorn.run(
         application, host=host, port=port, access_log=access_log, log_level="info" if verbose else "warning"
     )

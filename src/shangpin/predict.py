@@ -102,7 +102,9 @@ def predict_file(
     report = PredictReport(model_version=model_version(model_dir))
     # The model is checked (ray) or loaded (local) before anything is written, so a bad one leaves nothing.
     local = None if engine == "ray" else (pipeline or Pipeline.load(model_dir))
-    include_category = "category" in (_stage_assigns(model_dir) if local is None else local.assigns)
+    assigned = _stage_assigns(model_dir) if local is None else local.assigns
+    include_category = "category" in assigned
+    include_tags = "tags" in assigned
     settings = _job_settings(
         model_dir,
         data,
@@ -149,7 +151,9 @@ def predict_file(
         try:
             for chunk in chunks:
                 if store is not None and chunk.products is not None:
-                    report.stored += _store_chunk(store, job, chunk, report.model_version, include_category)
+                    report.stored += _store_chunk(
+                        store, job, chunk, report.model_version, include_category, include_tags
+                    )
                 job.write_chunk(chunk.index, chunk.lines)
         except DataError:
             job.discard()  # the same input stops at the same line again: no use keeping its chunks
@@ -190,7 +194,12 @@ def output_lines(products: Iterable[Product], fields: Iterable[str]) -> str:
 
 
 def _store_chunk(
-    store: PredictionStore, job: ChunkedJob, chunk: ChunkResult, version: str, include_category: bool
+    store: PredictionStore,
+    job: ChunkedJob,
+    chunk: ChunkResult,
+    version: str,
+    include_category: bool,
+    include_tags: bool,
 ) -> int:
     """Store a chunk's predictions before its output is written, so a written chunk is always stored.
 
@@ -204,7 +213,9 @@ def _store_chunk(
             store.url, [p.product_id for p in products], model_version=version, since=job.started_at
         )
         log.info("chunk %d: removed %d rows stored by the interrupted run", chunk.index, removed)
-    return store.save_products(products, model_version=version, include_category=include_category)
+    return store.save_products(
+        products, model_version=version, include_category=include_category, include_tags=include_tags
+    )
 
 
 def _delete_job_rows(url: str, product_ids: Sequence[str], *, model_version: str, since: float) -> int:

@@ -313,11 +313,14 @@ class PredictionStore(Store):
                 rows.extend(_attribute_row(product, stage, av, model_version, now) for av in values.values())
             category = product.category
             if include_category and category is not None and not category.abstained:
-                rows.append(
-                    _plain_row(
-                        product, "categorize", "category", category.path, category.score, model_version, now
-                    )
+                row = _plain_row(
+                    product, "categorize", "category", category.path, category.score, model_version, now
                 )
+                if category.alternatives:  # what a reviewer would pick from instead
+                    row["evidence"] = "alternatives: " + "; ".join(
+                        f"{a.label} ({a.score:.2f})" for a in category.alternatives[:5]
+                    )
+                rows.append(row)
             if include_tags:
                 rows.extend(
                     _plain_row(product, "recommend_tags", "tag", t.label, t.score, model_version, now)
