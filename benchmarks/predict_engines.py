@@ -1,4 +1,4 @@
-"""Batch engines benchmark: products/s of `shangpin predict` with --engine local, and ray with 1 and 2 workers.
+"""Batch engines benchmark: products/s of `shangpin predict`, local (2 and 1 threads) and ray (1 and 2 actors).
 
 Each run is the real command in a subprocess, timed whole (model loading, and for Ray starting the local
 instance and its actors, included), on a file of about 10,000 products: the OA-Mine titles repeated with
@@ -6,7 +6,8 @@ fresh ids. The outputs of all runs are compared byte for byte. Uses demo/model (
 `--kill-after N` adds a resumed run: the local engine killed (SIGKILL, through the test hook) after N chunks,
 then the same command again; its time is the two runs together.
 
-    python benchmarks/predict_engines.py [--model demo/model] [--n 10000] [--workers 1 2] [--cpus 0,1]
+    python benchmarks/predict_engines.py [--model demo/model] [--n 10000] [--workers 1 2] [--local-threads 2 1]
+        [--cpus 0,1] [--batch-size 1024] [--kill-after 5]
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="source of the titles")
     ap.add_argument("--n", type=int, default=10_000, help="products in the benchmark file")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray actor counts to run")
+    ap.add_argument(
+        "--local-threads", type=int, nargs="+", default=[2, 1], help="SHANGPIN_THREADS of local runs"
+    )
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--cpus", default="0,1", help="taskset CPU list for every run ('' for none)")
     ap.add_argument("--kill-after", type=int, default=0, help="also time a killed-then-resumed local run")
@@ -78,17 +82,21 @@ def main() -> None:
     env = {**os.environ, "SHANGPIN_PROGRESS": "0"}
     if cpus:
         env.setdefault("SHANGPIN_THREADS", str(len(cpus.split(","))))
-    configs: list[tuple[str, list[str]]] = [("local", [])]
+    # (name, extra options, SHANGPIN_THREADS); Ray actors always run one inference thread each.
+    configs: list[tuple[str, list[str], str | None]] = [
+        (f"local, {t} thread{'s' if t > 1 else ''}", [], str(t)) for t in args.local_threads
+    ]
     configs += [
-        (f"ray, {w} worker{'s' if w > 1 else ''}", ["--engine", "ray", "--workers", str(w)])
+        (f"ray, {w} worker{'s' if w > 1 else ''}", ["--engine", "ray", "--workers", str(w)], None)
         for w in args.workers
     ]
     results = []
     reference: Path | None = None
-    for name, extra in configs:
+    for name, extra, threads in configs:
         out = args.out / f"out-{len(results)}.jsonl"
         out.unlink(missing_ok=True)
-        seconds, status, stderr = run([*shangpin, "--out", str(out), "--restart", *extra], cpus, env)
+        run_env = {**env, "SHANGPIN_THREADS": threads} if threads else env
+        seconds, status, stderr = run([*shangpin, "--out", str(out), "--restart", *extra], cpus, run_env)
         if status != 0:
             sys.exit(f"{name} failed ({status}):\n{stderr}")
         reference = reference or out
@@ -111,7 +119,7 @@ def main() -> None:
             sys.exit(f"resumed run failed ({status}):\n{stderr}")
         same = reference is not None and filecmp.cmp(reference, out, shallow=False)
         seconds = first + second
-        name = f"local, killed after {args.kill_after} chunks + resumed"
+        name = f"local, {env.get('SHANGPIN_THREADS', 'default')} threads, killed after {args.kill_after} chunks + resumed"
         results.append(
             {"engine": name, "seconds": seconds, "products_per_s": args.n / seconds, "identical": same}
         )

@@ -41,15 +41,47 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir
 
 
-@pytest.fixture()
-def products(tmp_path: Path) -> Path:
+def _product_lines() -> str:
     """N_PRODUCTS products with two malformed lines (kept with --skip-invalid), one in the third chunk."""
     lines = [json.dumps(product_to_input(p)) + "\n" for p in tiny_products(N_PRODUCTS, seed=1)]
     lines.insert(5, '{"title": "no id"}\n')
     lines.insert(40, "not json\n")
+    return "".join(lines)
+
+
+@pytest.fixture()
+def products(tmp_path: Path) -> Path:
     path = tmp_path / "products.jsonl"
-    path.write_text("".join(lines))
+    path.write_text(_product_lines())
     return path
+
+
+@pytest.fixture(scope="module")
+def reference(model: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The local engine's output in one uninterrupted run."""
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "products.jsonl").write_text(_product_lines())
+    _predict(model, folder / "products.jsonl", folder / "out.jsonl")
+    return (folder / "out.jsonl").read_bytes()
+
+
+class Killed(BaseException):
+    """Stands in for a kill in in-process runs: no `except Exception` catches it, so the chunk folder stays."""
+
+
+def _interrupted(monkeypatch: pytest.MonkeyPatch, before_chunk: int, *args: Path, **kwargs: object) -> None:
+    """Run `_predict(*args, **kwargs)`, interrupted before chunk `before_chunk` is written (chunks in order)."""
+    original = ChunkedJob.write_chunk
+
+    def dies(self: ChunkedJob, index: int, lines: str) -> None:
+        if index == before_chunk:
+            raise Killed
+        original(self, index, lines)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkedJob, "write_chunk", dies)
+        with pytest.raises(Killed):
+            _predict(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +97,8 @@ def ray_cluster() -> Iterator[None]:
 
 
 def _predict(model: Path, data: Path, out: Path, **kwargs: object) -> PredictReport:
-    return predict_file(model, data, out, batch_size=BATCH, chunk_size=CHUNK, skip_invalid=True, **kwargs)  # type: ignore[arg-type]
+    options: dict[str, object] = {"batch_size": BATCH, "chunk_size": CHUNK, "skip_invalid": True, **kwargs}
+    return predict_file(model, data, out, **options)  # type: ignore[arg-type]
 
 
 def _cli(
@@ -144,7 +177,15 @@ def test_ray_engine_stops_at_a_bad_line_like_local(
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.jsonl"
         with pytest.raises(DataError) as info:
-            predict_file(model, products, out, batch_size=BATCH, chunk_size=CHUNK, engine=engine)
+            predict_file(
+                model,
+                products,
+                out,
+                batch_size=BATCH,
+                chunk_size=CHUNK,
+                engine=engine,
+                workers=None if engine == "local" else 1,
+            )
         messages.append(info.value.message)
         assert not out.exists() and not parts_dir(out).exists()
     assert messages[0] == messages[1]
@@ -190,65 +231,58 @@ def test_resume_after_sigkill(model: Path, products: Path, tmp_path: Path) -> No
     assert "read 120 products; skipped 2 invalid lines" in resumed.stderr
     assert not parts.exists()
 
-    reference = tmp_path / "reference.jsonl"
     ref_url = f"sqlite:///{tmp_path / 'ref.db'}"
-    _predict(model, products, reference, db_url=ref_url)
-    assert out.read_bytes() == reference.read_bytes()
+    _predict(model, products, tmp_path / "ref.jsonl", db_url=ref_url)
+    assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
     assert _ids(out) == [p.product_id for p in tiny_products(N_PRODUCTS, seed=1)]
     assert _stored(url) == _stored(ref_url)  # no chunk stored twice, none lost
 
 
 def test_resume_replaces_rows_of_a_chunk_stored_but_not_written(
-    model: Path, products: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model: Path, products: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: bytes
 ) -> None:
     """Killed between storing a chunk's predictions and writing its output: the rerun stores it once."""
     url = f"sqlite:///{tmp_path / 'preds.db'}"
     out = tmp_path / "out.jsonl"
-
-    class Killed(BaseException):
-        pass
-
-    original = ChunkedJob.write_chunk
-
-    def dies_on_chunk_2(self: ChunkedJob, index: int, lines: str) -> None:
-        if index == 2:
-            raise Killed
-        original(self, index, lines)
-
-    monkeypatch.setattr(ChunkedJob, "write_chunk", dies_on_chunk_2)
-    with pytest.raises(Killed):
-        _predict(model, products, out, db_url=url)
-    monkeypatch.setattr(ChunkedJob, "write_chunk", original)
+    _interrupted(monkeypatch, 2, model, products, out, db_url=url)
     report = _predict(model, products, out, db_url=url)
-    assert report.resumed == 2
+    assert report.resumed == 2 and out.read_bytes() == reference
     ref_url = f"sqlite:///{tmp_path / 'ref.db'}"
     _predict(model, products, tmp_path / "ref.jsonl", db_url=ref_url)
     assert _stored(url) == _stored(ref_url)
-    assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
 
 
 @needs_ray
-def test_ray_engine_resumes_a_killed_local_run(
-    model: Path, products: Path, tmp_path: Path, ray_cluster: None
+def test_ray_engine_resumes_an_interrupted_local_run(
+    model: Path,
+    products: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reference: bytes,
+    ray_cluster: None,
 ) -> None:
     out = tmp_path / "out.jsonl"
-    assert _cli(model, products, out, kill_after=2).returncode == -signal.SIGKILL
+    _interrupted(monkeypatch, 3, model, products, out)
     report = _predict(model, products, out, engine="ray", workers=2)
-    assert report.resumed == 2 and report.written == N_PRODUCTS
-    _predict(model, products, tmp_path / "ref.jsonl")
-    assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert report.resumed == 3 and report.written == N_PRODUCTS
+    assert out.read_bytes() == reference
 
 
-def test_changed_input_or_restart_discards_old_chunks(model: Path, products: Path, tmp_path: Path) -> None:
+def test_changed_input_or_restart_discards_old_chunks(
+    model: Path, products: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out.jsonl"
-    assert _cli(model, products, out, kill_after=2).returncode == -signal.SIGKILL
+    _interrupted(monkeypatch, 2, model, products, out)
     assert _predict(model, products, out, restart=True).resumed == 0
 
-    assert _cli(model, products, out, kill_after=2).returncode == -signal.SIGKILL
+    _interrupted(monkeypatch, 2, model, products, out)
     lines = products.read_text().splitlines(keepends=True)
     products.write_text("".join(lines[:30]))  # the same first chunks, but another file
     report = _predict(model, products, out)
     assert report.resumed == 0 and report.written == 29
+
+    _interrupted(monkeypatch, 1, model, products, out)
+    assert _predict(model, products, out, batch_size=4).resumed == 0  # another batch size
 
 
 def test_foreign_parts_folder_is_left_alone(model: Path, products: Path, tmp_path: Path) -> None:

@@ -77,8 +77,10 @@ def ray_chunks(
 
     workers = workers or _cores()
     quiet = not log.isEnabledFor(logging.INFO)
+    ray_data_log = logging.getLogger("ray.data")
+    saved_level = ray_data_log.level
     if quiet:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # progress-bar and deprecation notices
+        ray_data_log.setLevel(logging.ERROR)  # progress-bar and deprecation notices
     started = _init_ray(workers, quiet=quiet)
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.target_max_block_size
@@ -119,6 +121,7 @@ def ray_chunks(
             raise DataError(error)
     finally:
         context.enable_progress_bars, context.target_max_block_size = saved
+        ray_data_log.setLevel(saved_level)
         if started:
             ray.shutdown()
 
