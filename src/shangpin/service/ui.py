@@ -134,7 +134,6 @@ def ui_router(ctx: UiContext) -> APIRouter:
         )
         titles = store.titles([s.product_id for s in items])
         rows = [{**suggestion_to_dict(s), "title": titles.get(s.product_id, "")} for s in items]
-        counts = store.status_counts()
         return page(
             request,
             "queue.html",
@@ -144,7 +143,7 @@ def ui_router(ctx: UiContext) -> APIRouter:
             attribute=attribute or "",
             category=category or "",
             stage=stage or "",
-            attributes=sorted(a for a in counts if a),
+            attributes=store.pending_attributes(),
         )
 
     @router.get("/products", response_class=HTMLResponse)

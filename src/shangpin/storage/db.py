@@ -74,7 +74,10 @@ class PredictionRow(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         Index("ix_predictions_product_id_stage", "product_id", "stage"),
-        Index("ix_predictions_status_score", "status", "score"),
+        # product_id last: the workbench's "products with a pending suggestion scoring >= x" reads the index only.
+        Index("ix_predictions_status_score", "status", "score", "product_id"),
+        Index("ix_predictions_status_attribute_score", "status", "attribute", "score"),
+        Index("ix_predictions_stage_value", "stage", "value", "product_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

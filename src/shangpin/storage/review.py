@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, text, union, update
 from sqlalchemy.orm import Session
 
 from shangpin.errors import ConfigError, ConflictError, DataError, NotFoundError
@@ -34,6 +34,8 @@ DECISIONS = {"accept": "accepted", "reject": "rejected", "edit": "edited"}
 """Reviewer action -> the status it leaves."""
 SYSTEM_ACTOR = "system"
 HUMAN_STATUSES = ("accepted", "edited", "rejected")
+_ANALYZE_ROWS = 200
+"""Stored rows in one call from which SQLite's planner statistics are refreshed."""
 _CHUNK = 500
 """Ids per IN (...) list: well under SQLite's bound-parameter limit."""
 
@@ -182,10 +184,34 @@ def new_suggestion_rows(
             )
     if audits:
         session.execute(insert(AuditRow), audits)
+    if len(rows) >= _ANALYZE_ROWS:
+        refresh_statistics(session)
+
+
+def refresh_statistics(session: Session) -> None:
+    """Let SQLite's planner know the table sizes (a sampled ANALYZE, tens of ms).
+
+    Without statistics SQLite filters the queue by the status index even when a category names a few hundred
+    products, and a filtered queue page took 0.3 s instead of 0.03 s at 10,000 products. PostgreSQL's
+    autovacuum keeps its own statistics.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("PRAGMA analysis_limit=1000"))
+        session.execute(text("ANALYZE"))
 
 
 class ReviewStore(PredictionStore):
     """Suggestions, decisions and the audit trail in the operational database at `url` (see module docs)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        if self._engine.dialect.name == "sqlite":
+            with Session(self._engine) as session, session.begin():
+                has_stats = session.execute(
+                    text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'")
+                ).first()
+                if not has_stats:
+                    refresh_statistics(session)
 
     def suggestions(
         self,
@@ -384,6 +410,16 @@ class ReviewStore(PredictionStore):
                 or 0
             )
 
+    def pending_attributes(self) -> list[str]:
+        """The attribute names that have pending suggestions (for filters), sorted."""
+        query = (
+            select(PredictionRow.attribute)
+            .where(PredictionRow.status == "pending", PredictionRow.attribute.is_not(None))
+            .distinct()
+        )
+        with Session(self._engine) as session:
+            return sorted(a for a in session.scalars(query) if a)
+
     def status_counts(self, *, category: str | None = None) -> dict[str, dict[str, int]]:
         """{attribute: {status: count}} over live (not superseded) suggestions; for acceptance rates per attribute."""
         where = self._where(None, None, None, category, None, None, None)
@@ -426,20 +462,6 @@ class ReviewStore(PredictionStore):
         `query` matches a substring of the title.
         """
         live = PredictionRow.status != "superseded"
-        agg = (
-            select(
-                PredictionRow.product_id.label("pid"),
-                func.count().label("n"),
-                func.sum(case((PredictionRow.status == "pending", 1), else_=0)).label("pending"),
-                func.min(PredictionRow.score).label("min_score"),
-                func.max(case((PredictionRow.stage == "categorize", PredictionRow.value), else_=None)).label(
-                    "pcat"
-                ),
-            )
-            .where(live)
-            .group_by(PredictionRow.product_id)
-            .subquery()
-        )
         where: list[ColumnElement[bool]] = []
         if category:
             where.extend(self._where(None, None, None, category, None, None, None, column=ProductRow.id))
@@ -450,33 +472,47 @@ class ReviewStore(PredictionStore):
             where.append(ProductRow.title.ilike(f"%{query}%"))
         with Session(self._engine) as session:
             total = session.scalar(select(func.count()).select_from(ProductRow).where(*where)) or 0
-            rows = session.execute(
-                select(
-                    ProductRow.id,
-                    ProductRow.title,
-                    ProductRow.category,
-                    agg.c.n,
-                    agg.c.pending,
-                    agg.c.min_score,
-                    agg.c.pcat,
+            page = (
+                session.execute(
+                    select(ProductRow.id, ProductRow.title, ProductRow.category)
+                    .where(*where)
+                    .order_by(ProductRow.id)
+                    .limit(limit)
+                    .offset(offset)
                 )
-                .outerjoin(agg, agg.c.pid == ProductRow.id)
-                .where(*where)
-                .order_by(ProductRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).tuples()
-            items = [
+                .tuples()
+                .all()
+            )
+            # Summaries for this page only: aggregating every product's suggestions would cost the whole table.
+            summary = {
+                pid: (n, pending, low, predicted)
+                for pid, n, pending, low, predicted in session.execute(
+                    select(
+                        PredictionRow.product_id,
+                        func.count(),
+                        func.sum(case((PredictionRow.status == "pending", 1), else_=0)),
+                        func.min(PredictionRow.score),
+                        func.max(
+                            case((PredictionRow.stage == "categorize", PredictionRow.value), else_=None)
+                        ),
+                    )
+                    .where(live, PredictionRow.product_id.in_([pid for pid, _t, _c in page]))
+                    .group_by(PredictionRow.product_id)
+                ).tuples()
+            }
+        items = []
+        for pid, title, given in page:
+            n, pending, low, predicted = summary.get(pid, (0, 0, None, None))
+            items.append(
                 {
                     "id": pid,
                     "title": title,
                     "category": given or predicted,
                     "suggestions": n or 0,
                     "pending": int(pending or 0),
-                    "min_score": min_s,
+                    "min_score": low,
                 }
-                for pid, title, given, n, pending, min_s, predicted in rows
-            ]
+            )
         return items, total
 
     def titles(self, product_ids: Sequence[str]) -> dict[str, str]:
@@ -571,18 +607,22 @@ class ReviewStore(PredictionStore):
         if max_score is not None:
             where.append(PredictionRow.score <= max_score)
         if category:
-            under = f"{category} > %"
-            given = select(ProductRow.id).where(
-                or_(ProductRow.category == category, ProductRow.category.like(under))
-            )
+            given = select(ProductRow.id).where(_under(ProductRow.category, category))
             predicted = select(PredictionRow.product_id).where(
                 PredictionRow.stage == "categorize",
                 PredictionRow.status != "superseded",
-                or_(PredictionRow.value == category, PredictionRow.value.like(under)),
+                _under(PredictionRow.value, category),
             )
             ids = PredictionRow.product_id if column is None else column
-            where.append(or_(ids.in_(given), ids.in_(predicted)))
+            # One IN over a UNION lets the database drive an index lookup by product from the category's ids.
+            where.append(ids.in_(union(given, predicted)))
         return where
+
+
+def _under(column: Any, category: str) -> ColumnElement[bool]:
+    """`column` is `category` or a path below it; a range, not LIKE, so an index on the column serves it."""
+    prefix = f"{category} > "
+    return or_(column == category, and_(column >= prefix, column < prefix + "\U0010ffff"))
 
 
 def audit_to_dict(row: AuditRow) -> dict[str, Any]:

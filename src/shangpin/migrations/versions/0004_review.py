@@ -28,7 +28,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("final_value", sa.Text(), nullable=True))
         batch.add_column(sa.Column("reviewed_by", sa.String(), nullable=True))
         batch.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
-        batch.create_index("ix_predictions_status_score", ["status", "score"])
+        batch.create_index("ix_predictions_status_score", ["status", "score", "product_id"])
+        batch.create_index("ix_predictions_status_attribute_score", ["status", "attribute", "score"])
+        batch.create_index("ix_predictions_stage_value", ["stage", "value", "product_id"])
     op.create_table(
         "products",
         sa.Column("id", sa.String(), nullable=False),
@@ -79,6 +81,8 @@ def downgrade() -> None:
     op.drop_table("audit")
     op.drop_table("products")
     with op.batch_alter_table("predictions") as batch:
+        batch.drop_index("ix_predictions_stage_value")
+        batch.drop_index("ix_predictions_status_attribute_score")
         batch.drop_index("ix_predictions_status_score")
         batch.drop_column("updated_at")
         batch.drop_column("reviewed_by")
