@@ -143,6 +143,19 @@ def test_review_in_the_browser_lands_in_the_audit_trail(site: tuple[str, str, st
         assert page.locator("table.audit tbody tr").count() >= 1
         page.screenshot(path=str(ARTIFACTS / "product.png"), full_page=True)
 
+        zh = {"id": "zh-1", "title": "李宁 男子 跑步鞋 黑色 42码 轻便透气", "description": "网面 透气 减震"}
+        stored = httpx.post(
+            f"{base}/v1/enrich",
+            json={"products": [zh], "store": True},
+            headers={"Authorization": f"Bearer {write}"},
+            timeout=60,
+        )
+        assert stored.status_code == 200
+        page.goto(f"{base}/ui/products/zh-1")
+        heading = page.locator("h1")
+        assert heading.get_attribute("lang") == "zh" and "跑步鞋" in heading.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "product-zh.png"), full_page=True)
+
         page.goto(f"{base}/ui/insights")
         page.screenshot(path=str(ARTIFACTS / "insights.png"), full_page=True)
         browser.close()
