@@ -7,7 +7,7 @@ HTTP answers (DataError 422, NotFoundError 404, ConflictError 409, an unreachabl
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,11 +185,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     bearer = HTTPBearer(auto_error=False, description="An API key made with `shangpin keys create`.")
 
-    def caller(scope: str) -> Callable[..., ApiKey]:
-        def dependency(
+    def caller(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+        async def dependency(
             request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> ApiKey:
+            # Async, so a cached key costs no thread hop; only a cache miss reads the database, in a thread.
             if not settings.auth:
                 key = ANONYMOUS
             else:
@@ -200,7 +201,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                         "missing API key: send 'Authorization: Bearer <key>' (make one with 'shangpin keys create').",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
-                found = keys.get(token)
+                hit = keys.cached(token)
+                found = await run_in_threadpool(keys.get, token) if hit is KeyCache._MISS else hit
+                assert found is None or isinstance(found, ApiKey)
                 if found is None:
                     raise HTTPException(
                         401, "unknown or revoked API key.", headers={"WWW-Authenticate": "Bearer"}
@@ -226,7 +229,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     async def enrich(
         body: schemas.EnrichRequest, key: ApiKey, stages: tuple[str, ...] | None
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         if len(body.products) > settings.max_products:
             raise HTTPException(
                 413,
@@ -257,25 +260,26 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     thresholds=settings.thresholds,
                 )
             )
-        return {"results": [product_to_output(p, fields) for p in out]}
+        # The results are built by the library's output contract: returned as JSON directly, not re-validated.
+        return JSONResponse({"results": [product_to_output(p, fields) for p in out]})
 
     @app.post("/v1/enrich", response_model=schemas.EnrichResponse, tags=["enrichment"])
-    async def enrich_all(body: schemas.EnrichRequest, key: Read) -> dict[str, Any]:
+    async def enrich_all(body: schemas.EnrichRequest, key: Read) -> JSONResponse:
         """Run every stage of the model over 1-256 products; results in input order."""
         return await enrich(body, key, None)
 
     @app.post("/v1/categorize", response_model=schemas.EnrichResponse, tags=["enrichment"])
-    async def categorize(body: schemas.EnrichRequest, key: Read) -> dict[str, Any]:
+    async def categorize(body: schemas.EnrichRequest, key: Read) -> JSONResponse:
         """Categorise products only."""
         return await enrich(body, key, ("categorize",))
 
     @app.post("/v1/extract", response_model=schemas.EnrichResponse, tags=["enrichment"])
-    async def extract(body: schemas.EnrichRequest, key: Read) -> dict[str, Any]:
+    async def extract(body: schemas.EnrichRequest, key: Read) -> JSONResponse:
         """Extract attribute values stated in the text only (spans with offsets)."""
         return await enrich(body, key, ("extract_attributes",))
 
     @app.post("/v1/tags", response_model=schemas.EnrichResponse, tags=["enrichment"])
-    async def tags(body: schemas.EnrichRequest, key: Read) -> dict[str, Any]:
+    async def tags(body: schemas.EnrichRequest, key: Read) -> JSONResponse:
         """Recommend tags only."""
         return await enrich(body, key, ("recommend_tags",))
 

@@ -32,13 +32,24 @@ class KeyCache:
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, token: str) -> ApiKey | None:
+    _MISS = object()
+
+    def cached(self, token: str) -> ApiKey | None | object:
+        """The cached answer for `token` (a key or None), or `KeyCache._MISS` when it must be verified."""
         digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        return self._MISS
+
+    def get(self, token: str) -> ApiKey | None:
+        """The key of `token`, verified against the database at most once per `ttl`."""
+        hit = self.cached(token)
+        if hit is not self._MISS:
+            return hit  # type: ignore[return-value]
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        now = time.monotonic()
         key = self._verify(token)
         with self._lock:
             if len(self._cache) > 10_000:
