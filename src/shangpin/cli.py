@@ -817,7 +817,13 @@ def serve(
         err=True,
     )
     uvicorn.run(
-        application, host=host, port=port, access_log=access_log, log_level="info" if verbose else "warning"
+        application,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info" if verbose else "warning",
+        # Longer than clients' pools keep idle connections: a request racing the server's close is an error.
+        timeout_keep_alive=75,
     )
 
 
