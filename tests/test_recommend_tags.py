@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shangpin.errors import ConfigError, DataError
@@ -251,3 +252,16 @@ def test_one_product_command_without_its_stage_is_a_clear_error(tmp_path: Path) 
     assert isinstance(result.exception, ConfigError)
     assert "no 'extract_attributes' stage (it has: recommend_tags)" in str(result.exception)
     assert "--task extract" in str(result.exception)
+
+
+def test_issue_7_tree_model_trains_with_products_left_without_tags() -> None:
+    # Products whose every tag is under min_count become unlabelled rows; the XMC line then starts with a space.
+    # Stripping it made omikuji read the first feature as a label and fail on MWPD 2020 ("Failed to load data").
+    from scipy import sparse
+
+    from shangpin.stages.recommend_tags.models import TreeTagModel
+
+    X = sparse.csr_matrix(np.array([[0.5, 0.0, 0.2], [0.0, 0.7, 0.0], [0.3, 0.3, 0.0]], dtype=np.float32))
+    Y = np.array([[1, 0], [0, 0], [0, 1]], dtype=np.uint8)
+    model = TreeTagModel(n_threads=1).fit(X, Y)
+    assert model.scores(X).shape == (3, 2)

@@ -108,14 +108,15 @@ class TreeTagModel:
 
 def write_xmc(path: Path, X: sparse.csr_matrix, Y: np.ndarray) -> None:
     """The extreme-classification repository text format omikuji reads ("n_rows n_features n_labels" header,
-    then "l1,l2 f:v f:v" per row; a row without features must not end in a space)."""
+    then "l1,l2 f:v f:v" per row; a row without features must not end in a space, and a row without labels
+    starts with one, or omikuji reads its first feature as a label and fails to load the file)."""
     with open(path, "w", encoding="ascii") as fh:
         fh.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
         for i in range(X.shape[0]):
             labels = ",".join(str(j) for j in np.flatnonzero(Y[i]))
             lo, hi = X.indptr[i], X.indptr[i + 1]
             feats = " ".join(f"{c}:{v:.6g}" for c, v in zip(X.indices[lo:hi], X.data[lo:hi], strict=True))
-            fh.write(f"{labels} {feats}".strip() + "\n")
+            fh.write(f"{labels} {feats}".rstrip() + "\n")
 
 
 @contextlib.contextmanager
