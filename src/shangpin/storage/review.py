@@ -462,12 +462,18 @@ class ReviewStore(PredictionStore):
         `query` matches a substring of the title.
         """
         live = PredictionRow.status != "superseded"
+        # Correlated EXISTS: each product probes its own few suggestions by index, instead of the database
+        # materialising every matching suggestion first (0.3 s at 10,000 products with a broad filter).
+        mine = PredictionRow.product_id == ProductRow.id
         where: list[ColumnElement[bool]] = []
         if category:
-            where.extend(self._where(None, None, None, category, None, None, None, column=ProductRow.id))
+            predicted = select(PredictionRow.id).where(
+                mine, PredictionRow.stage == "categorize", live, _under(PredictionRow.value, category)
+            )
+            where.append(or_(_under(ProductRow.category, category), predicted.exists()))
         if status is not None or min_score is not None or max_score is not None:
             matching = self._where(status, None, None, None, None, min_score, max_score)
-            where.append(ProductRow.id.in_(select(PredictionRow.product_id).where(live, *matching)))
+            where.append(select(PredictionRow.id).where(mine, live, *matching).exists())
         if query:
             where.append(ProductRow.title.ilike(f"%{query}%"))
         with Session(self._engine) as session:
