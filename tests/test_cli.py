@@ -230,3 +230,28 @@ def test_view_cell_shows_canonical_and_flags() -> None:
     assert _attribute_cell("Fit", {"value": "Regular", "score": 1.0, "source": "rule", "rule": "x"}).endswith(
         "(rule)"
     )
+
+
+def test_predict_db_auto_accepts_above_the_threshold(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from shangpin.storage.review import ReviewStore
+
+    data, model = trained
+    url = f"sqlite:///{tmp_path / 'preds.db'}"
+    args = [
+        "predict",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--db",
+        url,
+    ]
+    result = runner.invoke(app, [*args, "--auto-accept", "0.5", "--threshold", "Color=1.01"])
+    assert result.exit_code == 0, result.output
+    with ReviewStore(url) as store:
+        auto, n_auto = store.suggestions(status="auto_accepted", limit=10_000)
+        pending, n_pending = store.suggestions(status="pending", limit=10_000)
+    assert n_auto > 0 and all(s.score >= 0.5 and s.attribute != "Color" for s in auto)
+    assert all(s.score < 0.5 or s.attribute == "Color" for s in pending)

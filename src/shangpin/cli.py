@@ -23,6 +23,12 @@ app = typer.Typer(
 
 # Options shared by several commands, defined once.
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (created by 'train').")]
+ThresholdOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--threshold", help="NAME=SCORE auto-accept threshold of an attribute or task (repeatable)."
+    ),
+]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Products: .jsonl, .jsonl.gz or .csv.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config (see configs/default.toml).")
@@ -190,10 +196,19 @@ def predict(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard the chunks an interrupted run left in OUT.parts/.")
     ] = False,
+    auto_accept: Annotated[
+        float | None,
+        typer.Option(
+            "--auto-accept",
+            help="With --db: store suggestions scoring at least this as accepted (default: all wait for review).",
+        ),
+    ] = None,
+    threshold: ThresholdOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run every stage of the model over a product file; a killed run started again resumes where it stopped."""
     from shangpin.predict import predict_file
+    from shangpin.storage.review import Thresholds
 
     _setup_logging(verbose)
     report = predict_file(
@@ -208,6 +223,11 @@ def predict(
         workers=workers,
         chunk_size=chunk_size,
         restart=restart,
+        thresholds=(
+            Thresholds.parse(auto_accept if auto_accept is not None else 1.01, threshold or [])
+            if auto_accept is not None or threshold
+            else None
+        ),
     )
     typer.echo(report.summary(), err=True)
     for example in report.read.examples:
@@ -771,12 +791,7 @@ def serve(
             "--auto-accept", help="Default score at or above which a stored suggestion is accepted."
         ),
     ] = 0.9,
-    threshold: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--threshold", help="NAME=SCORE auto-accept threshold of an attribute or task (repeatable)."
-        ),
-    ] = None,
+    threshold: ThresholdOpt = None,
     rate_limit: Annotated[
         float,
         typer.Option("--rate-limit", help="Requests per second per API key (bursts of 2x); 0 = no limit."),

@@ -27,6 +27,7 @@ from shangpin.storage.catalog import ReadReport, product_to_output, read_product
 
 if TYPE_CHECKING:
     from shangpin.storage.db import PredictionStore
+    from shangpin.storage.review import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def predict_file(
     workers: int | None = None,
     chunk_size: int | None = None,
     restart: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> PredictReport:
     """Enrich `data` into `out` (JSONL, one line per input product, input order), optionally storing predictions.
 
@@ -90,6 +92,8 @@ def predict_file(
         workers: Ray actors (default: the cores this process may use).
         chunk_size: products per chunk, the unit of resuming (and of work handed to a Ray actor).
         pipeline: an already loaded pipeline of `model_dir` for the local engine.
+        thresholds: with `db_url`, suggestions scoring at or above their threshold are stored auto-accepted
+            (see `shangpin.storage.review.Thresholds`); without, every stored prediction waits for review.
     """
     t0 = time.perf_counter()
     if engine not in ENGINES:
@@ -152,7 +156,7 @@ def predict_file(
             for chunk in chunks:
                 if store is not None and chunk.products is not None:
                     report.stored += _store_chunk(
-                        store, job, chunk, report.model_version, include_category, include_tags
+                        store, job, chunk, report.model_version, include_category, include_tags, thresholds
                     )
                 job.write_chunk(chunk.index, chunk.lines)
         except DataError:
@@ -200,6 +204,7 @@ def _store_chunk(
     version: str,
     include_category: bool,
     include_tags: bool,
+    thresholds: Thresholds | None,
 ) -> int:
     """Store a chunk's predictions before its output is written, so a written chunk is always stored.
 
@@ -214,7 +219,11 @@ def _store_chunk(
         )
         log.info("chunk %d: removed %d rows stored by the interrupted run", chunk.index, removed)
     return store.save_products(
-        products, model_version=version, include_category=include_category, include_tags=include_tags
+        products,
+        model_version=version,
+        include_category=include_category,
+        include_tags=include_tags,
+        thresholds=thresholds,
     )
 
 
