@@ -44,7 +44,15 @@ class MiniLMSentenceEncoder:
     ONNX_FILE: ClassVar[str] = "sentence.onnx"
     TOKENIZER_FILE: ClassVar[str] = "sentence-tokenizer.json"
 
-    def __init__(self, onnx_file: Path, tokenizer_file: Path, *, max_length: int = 96, batch_size: int = 1):
+    def __init__(
+        self,
+        onnx_file: Path,
+        tokenizer_file: Path,
+        *,
+        max_length: int = 96,
+        batch_size: int = 1,
+        threads: int | None = None,
+    ):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -54,7 +62,7 @@ class MiniLMSentenceEncoder:
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.no_padding()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads()
+        opts.intra_op_num_threads = threads or num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])

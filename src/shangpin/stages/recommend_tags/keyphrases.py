@@ -93,9 +93,19 @@ class KeyphraseExtractor:
 
     def _load(self) -> None:
         if self.onnx_folder is not None:
-            from shangpin.sentence import load_sentence_encoder
+            from shangpin.sentence import MiniLMSentenceEncoder as Encoder
 
-            self._onnx = load_sentence_encoder("minilm", self.onnx_folder, max_length=self.max_length)
+            # One run for all of a title's phrases, on one thread, as with torch below; batching is safe with int8
+            # dynamic ranges here: a title's phrases always share their batch, so its keyphrases stay its own.
+            # The tags stage on MWPD titles, 2 shared cores: int8 57 titles/s batched on one thread (33 with one
+            # phrase per run), fp32 25 (7), torch 17 (docs/BENCHMARKS.md, "Export and quantisation").
+            self._onnx = Encoder(
+                self.onnx_folder / Encoder.ONNX_FILE,
+                self.onnx_folder / Encoder.TOKENIZER_FILE,
+                max_length=self.max_length,
+                batch_size=64,
+                threads=1,
+            )
             self._model = self._onnx
             return
         from transformers import AutoModel, AutoTokenizer
