@@ -216,7 +216,7 @@ def export_model(
         report.seconds = time.perf_counter() - t0
         record = report.to_dict()
         for kind, graphs in stage_graphs.items():
-            _record_stage(tmp / kind, record, graphs, quantize)
+            _record_stage(tmp / kind, record, graphs)
         meta["export"] = record
         write_pipeline_meta(tmp, meta)
         _move_into_place(tmp, out)
@@ -484,7 +484,7 @@ def _sample_products(path: Path, seed: int, kind: str) -> list[Any]:
     return sample
 
 
-def _record_stage(folder: Path, record: dict[str, Any], graphs: list[GraphExport], quantize: str) -> None:
+def _record_stage(folder: Path, record: dict[str, Any], graphs: list[GraphExport]) -> None:
     """Add the export record (with this stage's graphs only) to the stage's meta.json."""
     path = folder / "meta.json"
     meta = json.loads(path.read_text(encoding="utf-8"))
