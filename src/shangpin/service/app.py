@@ -180,7 +180,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics, app.state.databases = settings, metrics, dbs
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     bearer = HTTPBearer(auto_error=False, description="An API key made with `shangpin keys create`.")
@@ -201,9 +200,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                         "missing API key: send 'Authorization: Bearer <key>' (make one with 'shangpin keys create').",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
-                hit = keys.cached(token)
-                found = await run_in_threadpool(keys.get, token) if hit is KeyCache._MISS else hit
-                assert found is None or isinstance(found, ApiKey)
+                cached, found = keys.cached(token)
+                if not cached:
+                    found = await run_in_threadpool(keys.get, token)
                 if found is None:
                     raise HTTPException(
                         401, "unknown or revoked API key.", headers={"WWW-Authenticate": "Bearer"}

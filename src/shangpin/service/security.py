@@ -32,30 +32,32 @@ class KeyCache:
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    _MISS = object()
-
-    def cached(self, token: str) -> ApiKey | None | object:
-        """The cached answer for `token` (a key or None), or `KeyCache._MISS` when it must be verified."""
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    def cached(self, token: str) -> tuple[bool, ApiKey | None]:
+        """(True, the key or None) when a fresh answer for `token` is cached; (False, None) when it must be
+        verified (`get`)."""
         with self._lock:
-            hit = self._cache.get(digest)
+            hit = self._cache.get(_digest(token))
         if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        return self._MISS
+            return True, hit[1]
+        return False, None
 
     def get(self, token: str) -> ApiKey | None:
         """The key of `token`, verified against the database at most once per `ttl`."""
-        hit = self.cached(token)
-        if hit is not self._MISS:
-            return hit  # type: ignore[return-value]
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        found, key = self.cached(token)
+        if found:
+            return key
         now = time.monotonic()
         key = self._verify(token)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (now + self.ttl, key)
+            self._cache[_digest(token)] = (now + self.ttl, key)
         return key
+
+
+def _digest(token: str) -> str:
+    """Tokens are cached under their hash, so the cache holds no usable secret."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass
