@@ -306,6 +306,7 @@ class ReviewStore(PredictionStore):
         now = datetime.now(UTC)
         where = self._where("pending", stage, attribute, category, None, min_score, None)
         with Session(self._engine) as session, session.begin():
+            # Locked (PostgreSQL), so every row selected here is still pending when it is updated and audited.
             rows = (
                 session.execute(
                     select(
@@ -315,33 +316,35 @@ class ReviewStore(PredictionStore):
                         PredictionRow.canonical,
                         PredictionRow.model_version,
                         PredictionRow.evidence,
-                    ).where(*where)
+                    )
+                    .where(*where)
+                    .with_for_update()
                 )
                 .tuples()
                 .all()
             )
-            audits = []
-            for pid, product, value, canonical, version, evidence in rows:
-                final = canonical or value
+            final_value = func.coalesce(func.nullif(PredictionRow.canonical, ""), PredictionRow.value)
+            for chunk in _chunks([r[0] for r in rows]):
                 session.execute(
                     update(PredictionRow)
-                    .where(PredictionRow.id == pid, PredictionRow.status == "pending")
-                    .values(status="accepted", final_value=final, reviewed_by=actor, updated_at=now)
+                    .where(PredictionRow.id.in_(chunk), PredictionRow.status == "pending")
+                    .values(status="accepted", final_value=final_value, reviewed_by=actor, updated_at=now)
                 )
-                audits.append(
-                    _audit(
-                        pid,
-                        product,
-                        actor,
-                        "bulk_accept",
-                        ("pending", None),
-                        ("accepted", final),
-                        version,
-                        evidence,
-                        now,
-                        f"score >= {min_score}",
-                    )
+            audits = [
+                _audit(
+                    pid,
+                    product,
+                    actor,
+                    "bulk_accept",
+                    ("pending", None),
+                    ("accepted", canonical or value),
+                    version,
+                    evidence,
+                    now,
+                    f"score >= {min_score}",
                 )
+                for pid, product, value, canonical, version, evidence in rows
+            ]
             if audits:
                 session.execute(insert(AuditRow), audits)
             return len(rows)
