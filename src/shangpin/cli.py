@@ -62,6 +62,13 @@ def _stderr() -> Any:
     return Console(stderr=True)
 
 
+def _db_url(db: str | None) -> str:
+    """The --db URL, else SHANGPIN_DB_URL, else sqlite:///shangpin.db."""
+    from shangpin.storage.db import default_db_url
+
+    return db or default_db_url()
+
+
 def _field_map(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
@@ -113,7 +120,6 @@ def train(
     verbose: VerboseOpt = True,
 ) -> None:
     """Train one stage on labelled products and add it to the model directory (other stages stay)."""
-    from shangpin.storage.db import default_db_url
     from shangpin.train import train as run_train
 
     _setup_logging(verbose)
@@ -125,7 +131,7 @@ def train(
         overrides=[*(set_ or ()), *([f"taxonomy={taxonomy}"] if taxonomy else [])],
         skip_invalid=skip_invalid,
         field_map=_field_map(field_map),
-        reviews_db=(db or default_db_url()) if from_reviews else None,
+        reviews_db=_db_url(db) if from_reviews else None,
     )
     info = stage.train_info_
     what = info.get("summary") or f"on {info.get('n_train', '?')} products"
@@ -688,7 +694,7 @@ events_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(events_app, name="events")
-EventsDbOpt = Annotated[
+DbOpt = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: SHANGPIN_DB_URL, else sqlite:///shangpin.db)."),
 ]
@@ -713,18 +719,17 @@ def events_ingest(
     files: Annotated[
         list[Path], typer.Argument(help="Event logs: .jsonl, .jsonl.gz or .csv; UBI records too.")
     ],
-    db: EventsDbOpt = None,
+    db: DbOpt = None,
     skip_invalid: SkipOpt = False,
     salt_file: SaltFileOpt = None,
     retention_days: RetentionOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Store behaviour events (our contract or OpenSearch UBI queries/events); then prune past the retention."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.events import EventStore, ingest_files, load_salt
 
     _setup_logging(verbose)
-    with EventStore(db or default_db_url(), salt=load_salt(salt_file)) as store:
+    with EventStore(_db_url(db), salt=load_salt(salt_file)) as store:
         report = ingest_files(files, store, skip_invalid=skip_invalid, retention_days=retention_days)
     for path, read in report.files.items():
         typer.echo(f"{path}: {read.summary()}", err=True)
@@ -741,14 +746,13 @@ def events_prune(
             "--retention-days", envvar="SHANGPIN_RETENTION_DAYS", help="Keep this many days of events."
         ),
     ],
-    db: EventsDbOpt = None,
+    db: DbOpt = None,
 ) -> None:
     """Delete stored events older than the retention."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.events import EventStore
 
     _setup_logging(False)
-    with EventStore(db or default_db_url()) as store:
+    with EventStore(_db_url(db)) as store:
         pruned, left = store.prune(retention_days), store.count()
     typer.echo(f"pruned {pruned} events older than {retention_days:g} days; {left} events kept")
 
@@ -756,15 +760,14 @@ def events_prune(
 @app.command()
 def forget(
     user: Annotated[str, typer.Option("--user", help="The user id as it appeared in the event logs.")],
-    db: EventsDbOpt = None,
+    db: DbOpt = None,
     salt_file: SaltFileOpt = None,
 ) -> None:
     """Delete every stored event of one user (needs the salt the events were ingested with)."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.events import EventStore, load_salt
 
     _setup_logging(False)
-    with EventStore(db or default_db_url(), salt=load_salt(salt_file, create=False)) as store:
+    with EventStore(_db_url(db), salt=load_salt(salt_file, create=False)) as store:
         deleted = store.forget_user(user)
     typer.echo(f"deleted {deleted} events of user {user!r}")
     if deleted == 0:
@@ -844,10 +847,6 @@ def serve(
 
 keys_app = typer.Typer(help="API keys of the service: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-DbOpt = Annotated[
-    str | None,
-    typer.Option("--db", help="Database URL (default SHANGPIN_DB_URL or sqlite:///shangpin.db)."),
-]
 
 
 @keys_app.command("create")
@@ -859,10 +858,9 @@ def keys_create(
     db: DbOpt = None,
 ) -> None:
     """Create a key; its token is printed once (stdout) and stored only as a hash."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.keys import KeyStore
 
-    with KeyStore(db or default_db_url()) as store:
+    with KeyStore(_db_url(db)) as store:
         key, token = store.create(scope, name)
     typer.echo(
         f"created key {key.prefix} (scope {key.scope}); keep the token, it is not shown again:", err=True
@@ -873,10 +871,9 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: DbOpt = None) -> None:
     """List keys (prefix, scope, name, created, revoked); tokens are never shown."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.keys import KeyStore
 
-    with KeyStore(db or default_db_url()) as store:
+    with KeyStore(_db_url(db)) as store:
         for key in store.list():
             state = "revoked" if key.revoked else "active"
             typer.echo(
@@ -890,10 +887,9 @@ def keys_revoke(
     db: DbOpt = None,
 ) -> None:
     """Revoke a key; the service stops accepting it within 30 s (its key cache)."""
-    from shangpin.storage.db import default_db_url
     from shangpin.storage.keys import KeyStore
 
-    with KeyStore(db or default_db_url()) as store:
+    with KeyStore(_db_url(db)) as store:
         key = store.revoke(prefix)
     typer.echo(f"revoked key {key.prefix} (scope {key.scope})", err=True)
 
