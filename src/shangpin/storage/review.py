@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, text, union, update
 from sqlalchemy.orm import Session
 
+from shangpin._util import batched
 from shangpin.errors import ConfigError, ConflictError, DataError, NotFoundError
 from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
 from shangpin.storage.db import (
@@ -119,7 +120,7 @@ def new_suggestion_rows(
     product_ids = sorted({p.product_id for p in products})
     stages = sorted({r["stage"] for r in rows})
     old: list[tuple[int, str, str, str | None]] = []
-    for chunk in _chunks(product_ids):
+    for chunk in batched(product_ids, _CHUNK):
         old.extend(
             session.execute(
                 select(
@@ -133,10 +134,10 @@ def new_suggestion_rows(
                 .where(PredictionRow.status == "pending")
             ).tuples()
         )
-    for chunk in _chunks([o[0] for o in old]):
+    for superseded in batched([o[0] for o in old], _CHUNK):
         session.execute(
             update(PredictionRow)
-            .where(PredictionRow.id.in_(chunk))
+            .where(PredictionRow.id.in_(superseded))
             .values(status="superseded", updated_at=now, reviewed_by=SYSTEM_ACTOR)
         )
     audits = [
@@ -324,7 +325,7 @@ class ReviewStore(PredictionStore):
                 .all()
             )
             final_value = func.coalesce(func.nullif(PredictionRow.canonical, ""), PredictionRow.value)
-            for chunk in _chunks([r[0] for r in rows]):
+            for chunk in batched([r[0] for r in rows], _CHUNK):
                 session.execute(
                     update(PredictionRow)
                     .where(PredictionRow.id.in_(chunk), PredictionRow.status == "pending")
@@ -528,7 +529,7 @@ class ReviewStore(PredictionStore):
         """{product id: title} of the stored products among `product_ids`."""
         out: dict[str, str] = {}
         with Session(self._engine) as session:
-            for chunk in _chunks(sorted(set(product_ids))):
+            for chunk in batched(sorted(set(product_ids)), _CHUNK):
                 out.update(
                     session.execute(select(ProductRow.id, ProductRow.title).where(ProductRow.id.in_(chunk)))
                     .tuples()
@@ -565,7 +566,7 @@ class ReviewStore(PredictionStore):
             for product_id, attribute, status, final, value, _id in decided:
                 by_product.setdefault(product_id, []).append((attribute, status, final, value))
             rows = {}
-            for chunk in _chunks(sorted(by_product)):
+            for chunk in batched(sorted(by_product), _CHUNK):
                 rows.update(
                     {r.id: r for r in session.scalars(select(ProductRow).where(ProductRow.id.in_(chunk)))}
                 )
@@ -719,7 +720,7 @@ def _upsert_products(
         return
     ids = sorted(rows)
     # Delete-then-insert reads the same on every backend (no dialect-specific upsert) inside one transaction.
-    for chunk in _chunks(ids):
+    for chunk in batched(ids, _CHUNK):
         session.execute(delete(ProductRow).where(ProductRow.id.in_(chunk)))
     session.execute(insert(ProductRow), [rows[i] for i in ids])
 
@@ -792,11 +793,6 @@ def merge_reviews(products: Sequence[Product], reviewed: Sequence[Product], stag
         else:
             base.attributes = {**base.attributes, **r.attributes}
     return list(out.values())
-
-
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
 
 
 __all__ = [
