@@ -214,9 +214,13 @@ def predict(
 ) -> None:
     """Run every stage of the model over a product file; a killed run started again resumes where it stopped."""
     from shangpin.predict import predict_file
-    from shangpin.storage.review import Thresholds
 
     _setup_logging(verbose)
+    thresholds = None
+    if auto_accept is not None or threshold:
+        from shangpin.storage.review import Thresholds  # SQLAlchemy: imported only when storing suggestions
+
+        thresholds = Thresholds.parse(auto_accept if auto_accept is not None else 1.01, threshold or [])
     report = predict_file(
         model,
         data,
@@ -229,11 +233,7 @@ def predict(
         workers=workers,
         chunk_size=chunk_size,
         restart=restart,
-        thresholds=(
-            Thresholds.parse(auto_accept if auto_accept is not None else 1.01, threshold or [])
-            if auto_accept is not None or threshold
-            else None
-        ),
+        thresholds=thresholds,
     )
     typer.echo(report.summary(), err=True)
     for example in report.read.examples:

@@ -11,7 +11,14 @@ from shangpin.encoders import default_encoder_path
 from shangpin.errors import DataError
 from shangpin.records import AttributeValue, CategoryPrediction, Product
 from shangpin.stages.extract_attributes import AttributeExtractor
-from shangpin.stages.extract_attributes.decoding import LabelSpace, _valid, decode, transitions, viterbi
+from shangpin.stages.extract_attributes.decoding import (
+    EdgeRules,
+    LabelSpace,
+    _valid,
+    decode,
+    transitions,
+    viterbi,
+)
 from shangpin.stages.extract_attributes.encoding import Encoder, find_value, gold_spans, token_labels
 from tests.factories import tiny_products
 
@@ -49,6 +56,48 @@ def test_labels_on_first_token_of_each_word() -> None:
     labels = token_labels(seq, gold_spans(p, ("title",)), {"O": 0, "B-Brand": 1, "I-Brand": 2})
     assert [labels[i] for i in seq.words] == [1, 2, 0]
     assert sum(lab != -100 for lab in labels) == 3  # sub-word pieces and the category carry no label
+
+
+def test_without_category_prefix_the_text_follows_cls() -> None:
+    path = default_encoder_path() / "tokenizer.json"
+    p = Product("1", "Pursonic S1 Toothbrush")
+    (with_cat,) = Encoder(path).encode([p], ["Oral Care > Toothbrush"])
+    (without,) = Encoder(path, category_prefix=False).encode([p], ["Oral Care > Toothbrush"])
+    assert without.ids[0] == with_cat.ids[0] and without.words[0] == 1
+    assert len(with_cat.ids) - len(without.ids) == with_cat.words[0] - 1  # the category and its [SEP]
+    assert without.spans == with_cat.spans
+
+
+def test_edge_rules_learned_from_training_values() -> None:
+    examples = [
+        ("Crocs, Navy, 8 M US", "Crocs"),
+        ("Low Acid, Smooth", "Low Acid"),
+        ("Tide, 50+ loads", "Tide"),
+        ("SPF 50+ Lotion", "SPF 50+"),
+        ("Kids 3+ Brush", "3+"),
+        ("Size 8 (Infant), Red", "8 (Infant)"),
+    ]
+    rules = EdgeRules.learn(examples)
+    assert "+" in rules.ends and "," not in rules.ends  # "," follows values far more often than it ends one
+
+    def tidy(text: str, value: str) -> str:
+        s = text.index(value)
+        a, b = rules.tidy(text, s, s + len(value))
+        return text[a:b]
+
+    assert tidy("Rainbow Light - Sunny Gummies", "Rainbow Light -") == "Rainbow Light"
+    assert tidy("Clean Coffee, Low Acid, Smooth", "Low Acid,") == "Low Acid"
+    assert tidy("SPF 50+ Spray", "SPF 50+") == "SPF 50+"
+    # brackets: closed when the text closes them soon after, cut otherwise
+    assert tidy("Sneaker,Blue,43 EU (US Men's 10 M)", "43 EU (US Men's 10 M") == "43 EU (US Men's 10 M)"
+    assert tidy("Pink,Large (18-24 Months), x", "Large (18-24") == "Large (18-24 Months)"
+    assert tidy("Gel (with no end in sight and a very long tail of words after it", "Gel (with") == "Gel"
+    # no training value here begins with "(" or ends with ")" often enough: the bracket pair goes
+    assert tidy("Mary Jane (Infant),Pink", "Infant)") == "Infant"
+    assert EdgeRules(ends=frozenset(")"), starts=frozenset("(")).tidy("J (Infant),P", 3, 10) == (2, 10)
+    a, b = rules.tidy("a , b", 2, 3)
+    assert a == b  # nothing left
+    assert EdgeRules().tidy("x-y", 0, 3) == (0, 3)
 
 
 def test_long_description_read_in_overlapping_windows() -> None:
@@ -108,6 +157,18 @@ def test_int8_values_do_not_depend_on_batch_size(int8_stage: AttributeExtractor)
         for k in a.extracted.keys() & b.extracted.keys()
     ]
     assert max(diffs) < 0.05
+
+
+def test_inference_overlaps_decoding_and_keeps_order(int8_stage: AttributeExtractor) -> None:
+    products = tiny_products(40) * 4  # more than two chunks of 64 sequences: the model runs a chunk ahead
+    together = int8_stage.predict(products)
+    alone = [int8_stage.predict([p])[0] for p in products]
+    assert any(together)
+    for a, b in zip(together, alone, strict=True):
+        assert {k: (v.value, v.start, v.end) for k, v in a.items()} == {
+            k: (v.value, v.start, v.end) for k, v in b.items()
+        }
+        assert all(abs(a[k].score - b[k].score) < 1e-3 for k in a)
 
 
 def test_unknown_category_and_empty_title(int8_stage: AttributeExtractor) -> None:

@@ -16,7 +16,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -29,7 +30,7 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.evaluate import ExtractionScorer, with_unlisted_absent
 from shangpin.records import AttributeValue, Event, Product, TextField
 from shangpin.stages.base import Stage, StageReport, dev_split
-from shangpin.stages.extract_attributes.decoding import LabelSpace, decode, transitions
+from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode, transitions
 from shangpin.stages.extract_attributes.encoding import (
     FIELDS,
     N_TYPES,
@@ -75,6 +76,10 @@ class AttributeExtractor(Stage[Prediction]):
             micro-F1 lower on the OA-Mine dev split (docs/BENCHMARKS.md), so off by default.
         case_features: tell the model each word's shape (Capitalised, UPPER, digits...) through extra token
             types; the MiniLM tokenizer lower-cases, which hides what capitals say about names and brands.
+        category_prefix: read the category path before the text ("[CLS] category [SEP] title"); false reads
+            the text alone (faster) and uses the category only to choose which attributes decoding may return.
+        tidy_spans: trim edge characters that no training value begins or ends with and balance brackets
+            (`decoding.EdgeRules`); acts at prediction time only.
         lora_rank: > 0 trains LoRA adapters of this rank (peft) instead of all weights, merged into the weights
             before the ONNX export (same inference speed); 0 = full fine-tuning.
         lora_alpha, lora_dropout: LoRA scaling (alpha / rank) and dropout on the adapters' input.
@@ -129,6 +134,8 @@ class AttributeExtractor(Stage[Prediction]):
         quantize: bool = True,
         freeze_embeddings: bool = False,
         case_features: bool = False,
+        category_prefix: bool = True,
+        tidy_spans: bool = True,
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.1,
@@ -155,6 +162,8 @@ class AttributeExtractor(Stage[Prediction]):
         self.quantize = quantize
         self.freeze_embeddings = freeze_embeddings
         self.case_features = case_features
+        self.category_prefix = category_prefix
+        self.tidy_spans = tidy_spans
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
@@ -195,7 +204,11 @@ class AttributeExtractor(Stage[Prediction]):
         # Values seen in dev must not reach the dictionary before dev is scored; they are added afterwards.
         self._build_vocabulary(train, schema_from=labelled)
         self.encoder_ = Encoder(
-            encoder_path / "tokenizer.json", self.max_length, self.use_description, self.case_features
+            encoder_path / "tokenizer.json",
+            self.max_length,
+            self.use_description,
+            self.case_features,
+            self.category_prefix,
         )
         self._tokenizer_src = encoder_path / "tokenizer.json"
         info: dict[str, Any] = {"n_train": len(train), "n_dev": len(dev), "n_products": len(products)}
@@ -255,6 +268,15 @@ class AttributeExtractor(Stage[Prediction]):
             c: {a: dict(cnt) for a, cnt in d.items()} for c, d in values.items()
         }
         self.labels_ = ["O"] + [f"{bi}-{a}" for a in self.attributes_ for bi in ("B", "I")]
+        self.edges_: EdgeRules | None = EdgeRules.learn(
+            (p.text(f), v)
+            for p in labelled
+            for av in p.attributes.values()
+            if av is not None
+            for v in (av.value, *av.alternatives)
+            for f in (FIELDS if self.use_description else FIELDS[:1])
+            if v in p.text(f)
+        )
 
     def _augment(self, products: Sequence[Product], rng: random.Random) -> list[Product]:
         """Value swapping: copies where each value found in the title becomes another value of its attribute."""
@@ -493,15 +515,20 @@ class AttributeExtractor(Stage[Prediction]):
         cats = [p.category_path or "" for p in products]
         seqs = self.encoder_.encode(products, cats)
         best: list[dict[str, _Raw]] = [{} for _ in products]
+        edges = self.edges_ if self.tidy_spans else None
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
-        for b in range(0, len(order), 64):
-            chunk = [seqs[i] for i in order[b : b + 64]]
-            ids, mask, types = self.encoder_.pad(chunk)
-            logits = self.runner_(ids, mask, types)
+        for chunk, logits in self._logits(
+            [[seqs[i] for i in order[b : b + 64]] for b in range(0, len(order), 64)]
+        ):
             for row, seq in enumerate(chunk):
                 space = self._label_space(cats[seq.product])
                 product = products[seq.product]
                 for span in decode(logits[row, seq.words], seq.spans, space):
+                    if edges is not None:
+                        s, e = edges.tidy(product.text(span.field), span.start, span.end)
+                        if s >= e:
+                            continue
+                        span = replace(span, start=s, end=e)
                     name = self.attributes_[span.attribute]
                     old = best[seq.product].get(name)
                     if old is not None:
@@ -522,6 +549,24 @@ class AttributeExtractor(Stage[Prediction]):
             for i, p in enumerate(products):
                 self._dictionary(p, cats[i], best[i])
         return best
+
+    def _logits(self, chunks: list[list[Sequence_]]) -> Iterator[tuple[list[Sequence_], np.ndarray]]:
+        """Model outputs per chunk of sequences; the model runs one chunk ahead on a worker thread (ONNX Runtime
+        releases the GIL), so decoding a chunk overlaps the next chunk's inference."""
+
+        def run(chunk: list[Sequence_]) -> np.ndarray:
+            return self.runner_(*self.encoder_.pad(chunk))
+
+        if len(chunks) < 2:
+            yield from ((c, run(c)) for c in chunks)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="shangpin-extract") as pool:
+            ahead = pool.submit(run, chunks[0])
+            for k, chunk in enumerate(chunks):
+                logits = ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(run, chunks[k + 1])
+                yield chunk, logits
 
     def _dictionary(self, product: Product, category: str, found: dict[str, _Raw]) -> None:
         """Training values of the category's attributes that the tagger missed, found verbatim in the title."""
@@ -589,6 +634,9 @@ class AttributeExtractor(Stage[Prediction]):
             "calibration": self.calibration_,
             "dictionary_precision": self.dictionary_precision_,
             "threshold": self.threshold_,
+            "edges": None
+            if self.edges_ is None
+            else {"ends": sorted(self.edges_.ends), "starts": sorted(self.edges_.starts)},
         }
         with atomic_write(path / self.STATE_FILE) as fh:
             json.dump(state, fh, ensure_ascii=False)
@@ -602,8 +650,16 @@ class AttributeExtractor(Stage[Prediction]):
         self.calibration_ = (state["calibration"][0], state["calibration"][1])
         self.dictionary_precision_ = state["dictionary_precision"]
         self.threshold_ = state["threshold"]
+        edges = state.get("edges")  # absent in models saved before span tidying: predict as they did
+        self.edges_ = (
+            None if edges is None else EdgeRules(frozenset(edges["ends"]), frozenset(edges["starts"]))
+        )
         self.encoder_ = Encoder(
-            path / self.TOKENIZER_FILE, self.max_length, self.use_description, self.case_features
+            path / self.TOKENIZER_FILE,
+            self.max_length,
+            self.use_description,
+            self.case_features,
+            self.category_prefix,
         )
         self._tokenizer_src = path / self.TOKENIZER_FILE
         self._workdir = path

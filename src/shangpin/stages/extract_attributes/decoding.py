@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,3 +137,91 @@ def _spans(path: list[int], chosen: list[float], where: list[tuple[TextField, in
         out.append(Span(attribute=k, field=where[t][0], start=where[t][1], end=where[u - 1][2], score=score))
         t = u
     return out
+
+
+@dataclass(frozen=True)
+class EdgeRules:
+    """How values may begin and end, learned from the training values.
+
+    The tagger works on words, and punctuation is a word of its own, so a span can take in a separator that no
+    value carries ("Rainbow Light -", "Low Acid,") or stop inside a bracket ("43 EU (US Men's 10 M" for
+    "43 EU (US Men's 10 M)"). A non-alphanumeric character may end (or begin) a value only if at least
+    `min_count` training values end (begin) with it; brackets are balanced when the text allows.
+    """
+
+    ends: frozenset[str] = frozenset()
+    starts: frozenset[str] = frozenset()
+
+    @classmethod
+    def learn(cls, examples: Iterable[tuple[str, str]], min_share: float = 0.2) -> EdgeRules:
+        """Rules from (text, value) pairs: a character may end a value when values end with it in at least
+        `min_share` of the cases where it touches a value's end (inside: "50+"; outside: "Crocs," or "Acid,"),
+        likewise for beginnings."""
+        inside: dict[tuple[str, str], int] = {}
+        outside: dict[tuple[str, str], int] = {}
+
+        def bump(d: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+            d[key] = d.get(key, 0) + 1
+
+        for text, value in examples:
+            value = value.strip()
+            if not value:
+                continue
+            if not value[-1].isalnum():
+                bump(inside, ("end", value[-1]))
+            if not value[0].isalnum():
+                bump(inside, ("start", value[0]))
+            at = text.find(value)
+            if at < 0:
+                continue
+            after = text[at + len(value) : at + len(value) + 2].strip()[:1]
+            before = text[max(0, at - 2) : at].strip()[-1:]
+            if after and not after.isalnum():
+                bump(outside, ("end", after))
+            if before and not before.isalnum():
+                bump(outside, ("start", before))
+
+        def allowed(side: str) -> frozenset[str]:
+            return frozenset(
+                c
+                for (s, c), n in inside.items()
+                if s == side and n >= 2 and n >= min_share * (n + outside.get((s, c), 0))
+            )
+
+        return cls(ends=allowed("end"), starts=allowed("start"))
+
+    def tidy(self, text: str, start: int, end: int) -> tuple[int, int]:
+        """The span with brackets balanced and edge characters no training value has trimmed; (start, start)
+        when nothing is left."""
+        start, end = self._balance(text, start, end)
+        while start < end and (
+            text[start].isspace() or not (text[start].isalnum() or text[start] in self.starts)
+        ):
+            start += 1
+        while end > start and (
+            text[end - 1].isspace() or not (text[end - 1].isalnum() or text[end - 1] in self.ends)
+        ):
+            end -= 1
+        if start < end and text.count("(", start, end) != text.count(")", start, end):
+            start, end = self._balance(text, start, end)
+        return start, end
+
+    @staticmethod
+    def _balance(text: str, start: int, end: int) -> tuple[int, int]:
+        span = text[start:end]
+        opened = span.count("(") - span.count(")")
+        if opened > 0:
+            # An open bracket closed just after the span (within 40 characters, before any new bracket): take it in.
+            close = text.find(")", end)
+            if 0 <= close < end + 40 and "(" not in text[end:close]:
+                return start, close + 1
+            cut = span.rfind("(")
+            return start, start + len(span[:cut].rstrip())
+        if opened < 0:
+            # A bracket closed inside the span but opened just before it: take the opening in, else cut there.
+            open_ = text.rfind("(", max(0, start - 40), start)
+            if open_ >= 0 and ")" not in text[open_:start]:
+                return open_, end
+            cut = span.find(")")
+            return (start + cut + 1, end) if cut == 0 else (start, start + len(span[:cut].rstrip()))
+        return start, end

@@ -54,6 +54,7 @@ class Encoder:
         max_length: int = 128,
         use_description: bool = True,
         case_features: bool = False,
+        category_prefix: bool = True,
     ) -> None:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
@@ -64,6 +65,7 @@ class Encoder:
         self.max_length = max_length
         self.use_description = use_description
         self.case_features = case_features
+        self.category_prefix = category_prefix
 
     def _special(self, token: str) -> int:
         tid = self.tokenizer.token_to_id(token)
@@ -75,7 +77,10 @@ class Encoder:
 
     def encode(self, products: Sequence[Product], categories: Sequence[str]) -> list[Sequence_]:
         """Sequences for a batch; a product yields one sequence, more when its description is long."""
-        cats = self.tokenizer.encode_batch([c or "" for c in categories], add_special_tokens=False)
+        cats = self.tokenizer.encode_batch(
+            [c or "" for c in categories] if self.category_prefix else ["" for _ in categories],
+            add_special_tokens=False,
+        )
         titles = self.tokenizer.encode_batch([p.title for p in products], add_special_tokens=False)
         descs = (
             self.tokenizer.encode_batch([p.description for p in products], add_special_tokens=False)
@@ -115,7 +120,9 @@ class Encoder:
 
     def _start(self, product: int, cat_ids: list[int]) -> Sequence_:
         seq = Sequence_(product=product)
-        seq.ids = [self.cls_id, *cat_ids, self.sep_id]
+        # Without the category prefix the text follows [CLS] directly: a category's attributes then come only
+        # from the label space at decoding, and each title costs two or three tokens less.
+        seq.ids = [self.cls_id, *cat_ids, self.sep_id] if self.category_prefix else [self.cls_id]
         seq.type_ids = [0] * len(seq.ids)
         return seq
 
