@@ -11,14 +11,7 @@ from shangpin.encoders import default_encoder_path
 from shangpin.errors import DataError
 from shangpin.records import AttributeValue, CategoryPrediction, Product
 from shangpin.stages.extract_attributes import AttributeExtractor
-from shangpin.stages.extract_attributes.decoding import (
-    EdgeRules,
-    LabelSpace,
-    _valid,
-    decode,
-    transitions,
-    viterbi,
-)
+from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode
 from shangpin.stages.extract_attributes.encoding import Encoder, find_value, gold_spans, token_labels
 from tests.factories import tiny_products
 
@@ -110,23 +103,39 @@ def test_long_description_read_in_overlapping_windows() -> None:
     assert ("description", desc.index("Acme")) in covered and ("title", 0) in covered
 
 
-def test_decode_repairs_invalid_paths_with_viterbi() -> None:
-    trans = transitions(2)  # O, B-0, I-0, B-1, I-1
-    assert _valid(np.array([1, 2, 0, 3, 4]))
-    assert not _valid(np.array([0, 2]))
-    assert not _valid(np.array([1, 4]))
-    logp = np.log(np.array([[0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]]))
-    assert list(viterbi(logp, trans)) == [1, 2]  # "I I" becomes "B I"
+def _logits(rows: list[list[float]]) -> np.ndarray:
+    return np.log(np.array(rows))
+
+
+def test_decode_weighs_whole_spans() -> None:
+    everything = LabelSpace.of(np.ones(5, dtype=bool))  # O, B-0, I-0, B-1, I-1
+    spans = [("title", 0, 4), ("title", 5, 8), ("title", 9, 12)]
+    # Arg-max labels would read "B-0 O I-0" and cut the value after one word; the middle word is unsure
+    # (O 0.45, I-0 0.40), and the three-word span is still far likelier than the one-word one.
+    logits = _logits(
+        [[0.05, 0.9, 0.03, 0.01, 0.01], [0.45, 0.05, 0.40, 0.05, 0.05], [0.05, 0.02, 0.9, 0.02, 0.01]]
+    )
+    (span,) = decode(logits, spans, everything)
+    assert (span.attribute, span.start, span.end) == (0, 0, 12) and 0.5 < span.score <= 1.0
+    # An attribute whose best span is less likely than no span at all is left out.
+    assert decode(_logits([[0.9, 0.04, 0.02, 0.02, 0.02]] * 3), spans, everything) == []
+
+
+def test_decode_keeps_attributes_apart_and_within_the_category() -> None:
     spans = [("title", 0, 4), ("title", 5, 8)]
-    logits = np.log(np.array([[0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]]))
-    (span,) = decode(logits, spans, LabelSpace.of(np.ones(5, dtype=bool), trans))
-    assert (span.attribute, span.start, span.end) == (0, 0, 8)
-    # Attribute 0 wins over all labels; restricted to attribute 1, Viterbi repairs "I-1 I-1" into "B-1 I-1".
-    logits = np.log(np.array([[0.05, 0.5, 0.1, 0.1, 0.25], [0.05, 0.1, 0.5, 0.05, 0.3]]))
-    assert decode(logits, spans, LabelSpace.of(np.ones(5, dtype=bool), trans))[0].attribute == 0
-    only_1 = LabelSpace.of(np.array([True, False, False, True, True]), trans)
+    # Both attributes want word 0; attribute 0 is surer, so attribute 1 falls back to word 1.
+    logits = _logits([[0.02, 0.6, 0.02, 0.35, 0.01], [0.3, 0.05, 0.05, 0.55, 0.05]])
+    found = {
+        s.attribute: (s.start, s.end) for s in decode(logits, spans, LabelSpace.of(np.ones(5, dtype=bool)))
+    }
+    assert found == {0: (0, 4), 1: (5, 8)}
+    only_1 = LabelSpace.of(np.array([True, False, False, True, True]))
     (span,) = decode(logits, spans, only_1)
-    assert span.attribute == 1 and (span.start, span.end) == (0, 8)
+    assert span.attribute == 1 and (span.start, span.end) == (0, 4)
+    # A span never crosses from title into description.
+    two_fields = [("title", 0, 4), ("description", 0, 3)]
+    logits = _logits([[0.05, 0.9, 0.03, 0.01, 0.01], [0.05, 0.03, 0.9, 0.01, 0.01]])
+    assert all(s.field == "title" for s in decode(logits, two_fields, LabelSpace.of(np.ones(5, dtype=bool))))
 
 
 def test_fit_needs_labelled_products() -> None:

@@ -1,8 +1,10 @@
 """Attribute value extraction: a category-conditioned BIO span tagger fine-tuned from MiniLM.
 
-The model reads "[CLS] category [SEP] title [SEP] description [SEP]" and tags every text token with
-O / B-<attribute> / I-<attribute>. Decoding is a Viterbi search restricted to the attributes known for the
-product's category, so every value is an exact substring of the title or description with its offsets.
+The model reads "[CLS] category [SEP] title [SEP] description [SEP]" and tags the first token of every word with
+O / B-<attribute> / I-<attribute>. Decoding picks, for each attribute known for the product's category, the span
+of words the tagger finds likeliest (`decoding.decode`), never two attributes on the same words, and tidies its
+edges with rules learned from the training values; every value is an exact substring of the title or description
+with its offsets.
 Inference runs an int8 ONNX export of the fine-tuned model (no torch import at prediction time).
 """
 
@@ -30,7 +32,7 @@ from shangpin.errors import ConfigError, DataError
 from shangpin.evaluate import ExtractionScorer, with_unlisted_absent
 from shangpin.records import AttributeValue, Event, Product, TextField
 from shangpin.stages.base import Stage, StageReport, dev_split
-from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode, transitions
+from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode
 from shangpin.stages.extract_attributes.encoding import (
     FIELDS,
     N_TYPES,
@@ -507,7 +509,7 @@ class AttributeExtractor(Stage[Prediction]):
             for a in names:
                 k = self.attributes_.index(a)
                 mask[1 + 2 * k] = mask[2 + 2 * k] = True
-            cache[category] = LabelSpace.of(mask, transitions(len(self.attributes_)))
+            cache[category] = LabelSpace.of(mask)
         return cache[category]
 
     def _predict_raw(self, products: Sequence[Product]) -> list[dict[str, _Raw]]:

@@ -1,4 +1,4 @@
-"""Constrained BIO decoding: Viterbi over allowed labels, spans with scores."""
+"""Decoding the tagger's word labels into one span per attribute, with scores, and tidying span edges."""
 
 from __future__ import annotations
 
@@ -10,30 +10,21 @@ import numpy as np
 
 from shangpin.records import TextField
 
-NEG = -1e9
+MAX_WORDS = 16
+"""Longest value in words (punctuation marks count as words) that decoding considers: 99.95 % of the OA-Mine
+training values have at most 15."""
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A decoded span: attribute, field, character offsets and raw score (geometric mean token probability)."""
+    """A decoded span: attribute, field, character offsets and raw score (probability that the span, rather
+    than nothing, is the attribute's value, under the tagger's word probabilities)."""
 
     attribute: int
     field: TextField
     start: int
     end: int
     score: float
-
-
-def transitions(n_attributes: int) -> np.ndarray:
-    """L x L matrix (0 allowed, NEG forbidden): I-k may only follow B-k or I-k. Labels: O, B-0, I-0, B-1, ..."""
-    n = 1 + 2 * n_attributes
-    t = np.zeros((n, n), dtype=np.float32)
-    for k in range(n_attributes):
-        i_k = 2 + 2 * k
-        t[:, i_k] = NEG
-        t[1 + 2 * k, i_k] = 0.0
-        t[i_k, i_k] = 0.0
-    return t
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -45,97 +36,94 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """The labels one category may use (O plus B-/I- of its attributes), with the transitions among them.
+    """The labels one category may use: O plus B-/I- of its attributes (label ids O=0, B-k=2k+1, I-k=2k+2).
 
-    Decoding works in this reduced space: a category has ~10 attributes out of ~50, so Viterbi and the softmax
-    cost a few percent of what they would over every label.
+    Decoding works in this reduced space: a category has ~10 attributes out of ~50, so the softmax and the span
+    search cost a fraction of what they would over every label.
     """
 
     cols: np.ndarray
-    trans: np.ndarray
-    start: np.ndarray
 
     @classmethod
-    def of(cls, allowed: np.ndarray, trans: np.ndarray) -> LabelSpace:
-        cols = np.flatnonzero(allowed)
-        start = np.where((cols > 0) & (cols % 2 == 0), NEG, 0.0).astype(np.float32)
-        return cls(cols=cols, trans=trans[np.ix_(cols, cols)], start=start)
+    def of(cls, allowed: np.ndarray) -> LabelSpace:
+        return cls(cols=np.flatnonzero(allowed))
+
+    @property
+    def attributes(self) -> np.ndarray:
+        """Attribute index of each (B, I) column pair, in column order."""
+        return np.asarray((self.cols[1::2] - 1) // 2)
 
 
-def viterbi(logp: np.ndarray, trans: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
-    """Best label path for one run of tokens (T x L log-probabilities); a run may not start with I-."""
-    t_len, n = logp.shape
-    if start is None:
-        start = np.zeros(n, dtype=np.float32)
-        start[2::2] = NEG
-    score = logp[0] + start
-    back = np.zeros((t_len, n), dtype=np.int32)
-    for t in range(1, t_len):
-        cand = score[:, None] + trans
-        back[t] = cand.argmax(axis=0)
-        score = cand.max(axis=0) + logp[t]
-    path = np.zeros(t_len, dtype=np.int32)
-    path[-1] = int(score.argmax())
-    for t in range(t_len - 1, 0, -1):
-        path[t - 1] = back[t, path[t]]
-    return path
+def decode(
+    logits: np.ndarray, spans: list[tuple[TextField, int, int]], space: LabelSpace, max_words: int = MAX_WORDS
+) -> list[Span]:
+    """At most one span per attribute over the words of one sequence (`logits`: one row per word, all labels).
 
-
-def decode(logits: np.ndarray, spans: list[tuple[TextField, int, int]], space: LabelSpace) -> list[Span]:
-    """Spans over the words of one sequence (`logits`: one row per word, all labels).
-
-    The arg-max path is used when it is valid BIO; Viterbi runs only when it is not.
+    A span i..j of attribute k scores the log-odds of "B-k at i, I-k up to j" against "not k" on those words,
+    from the word probabilities: log p(B-k, i) + sum log p(I-k, t) - sum log(1 - p(B-k, t) - p(I-k, t)).
+    Each attribute takes its best span when that beats no span (log-odds > 0); spans of different attributes
+    never overlap (the better one keeps its words, the other looks again outside them). Against arg-max BIO
+    labels this weighs a whole span at once, so one unsure word inside a value no longer cuts it short
+    (+0.6 micro-F1 on the OA-Mine dev split, docs/BENCHMARKS.md).
     """
     n = len(spans)
-    if n == 0:
+    if n == 0 or len(space.cols) < 3:
         return []
     logp = log_softmax(logits[:n, space.cols])
-    best = logp.argmax(axis=1)
-    if not best.any():
+    p = np.exp(logp)
+    rest = np.log(np.maximum(1.0 - p[:, 1::2] - p[:, 2::2], 1e-9))  # log p(not this attribute), n x K
+    sb = logp[:, 1::2] - rest
+    si = logp[:, 2::2] - rest
+    # An attribute can only win if its best start plus every helpful continuation beats no span: most of a
+    # category's attributes are absent from a title and drop out here.
+    live = np.flatnonzero(sb.max(axis=0) + np.maximum(si, 0.0).sum(axis=0) > 0.0)
+    if live.size == 0:
         return []
+    sb, si = sb[:, live], si[:, live]
+    w = min(max_words, n)
+    csum = np.concatenate([np.zeros((1, live.size), dtype=si.dtype), np.cumsum(si, axis=0)])
+    starts = np.arange(n)
+    ends = starts[:, None] + np.arange(w)[None, :]  # span (i, d) covers words i..i+d
+    inside = ends < n
+    ends = np.minimum(ends, n - 1)
+    if spans[0][0] != spans[-1][0]:  # title and description in one sequence: no span crosses between them
+        field_id = np.cumsum([0] + [spans[t][0] != spans[t - 1][0] for t in range(1, n)])
+        inside &= field_id[ends] == field_id[:, None]
+    score = sb[:, None, :] + csum[ends + 1] - csum[starts + 1][:, None, :]  # n x w x K'
+    score[~inside] = -np.inf
+    flat = score.reshape(n * w, live.size)
+    best = flat.argmax(axis=0)
+    best_score = flat[best, np.arange(live.size)]
+    taken = np.zeros(n + 1, dtype=np.int32)  # taken[t + 1] - taken[i] counts words of i..t already used
+    used = np.zeros(n, dtype=bool)
     out: list[Span] = []
-    i = 0
-    while i < n:
-        f = spans[i][0]
-        j = i
-        while j < n and spans[j][0] == f:
-            j += 1
-        path = best[i:j]
-        if not _valid(space.cols[path]):
-            path = viterbi(logp[i:j], space.trans, space.start)
-        chosen = logp[np.arange(i, j), path].tolist()
-        out.extend(_spans(space.cols[path].tolist(), chosen, spans[i:j]))
-        i = j
-    return out
-
-
-def _valid(path: np.ndarray) -> bool:
-    """True when every I-k follows B-k or I-k (labels: O=0, B-k=2k+1, I-k=2k+2)."""
-    is_i = (path > 0) & (path % 2 == 0)
-    if not is_i.any():
-        return True
-    prev = np.concatenate(([0], path[:-1]))
-    ok = (prev == path) | (prev == path - 1)
-    return bool(np.all(ok[is_i]))
-
-
-def _spans(path: list[int], chosen: list[float], where: list[tuple[TextField, int, int]]) -> list[Span]:
-    """Spans of a valid path; score = geometric mean of the chosen labels' probabilities."""
-    out: list[Span] = []
-    t = 0
-    n = len(path)
-    while t < n:
-        lab = path[t]
-        if lab == 0 or lab % 2 == 0:  # O, or a stray I- (cannot happen on a valid path)
-            t += 1
+    pending = [int(k) for k in np.argsort(-best_score) if best_score[k] > 0.0]
+    while pending:
+        k = pending.pop(0)
+        i, d = divmod(int(best[k]), w)
+        j = i + d
+        if used[i : j + 1].any():
+            # Its best span overlaps a surer attribute's: look again outside the words taken, in turn.
+            free = (taken[ends + 1] - taken[starts][:, None]) == 0
+            cand = np.where(free & inside, score[:, :, k], -np.inf).reshape(-1)
+            best[k] = int(cand.argmax())
+            best_score[k] = cand[best[k]]
+            if best_score[k] > 0.0:
+                pending.append(k)
+                pending.sort(key=lambda a: -best_score[a])
             continue
-        k = (lab - 1) // 2
-        u = t + 1
-        while u < n and path[u] == 2 + 2 * k:
-            u += 1
-        score = math.exp(sum(chosen[t:u]) / (u - t))
-        out.append(Span(attribute=k, field=where[t][0], start=where[t][1], end=where[u - 1][2], score=score))
-        t = u
+        used[i : j + 1] = True
+        taken = np.concatenate([[0], np.cumsum(used)]).astype(np.int32)
+        sc = float(best_score[k])
+        out.append(
+            Span(
+                attribute=int(space.attributes[live[k]]),
+                field=spans[i][0],
+                start=spans[i][1],
+                end=spans[j][2],
+                score=1.0 / (1.0 + math.exp(-sc)) if sc < 700 else 1.0,
+            )
+        )
     return out
 
 
