@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,3 +208,34 @@ def test_freeze_embeddings_keeps_the_word_embeddings_out_of_training() -> None:
     frozen = AttributeExtractor(**params, freeze_embeddings=True).fit(tiny_products(12)).train_info_
     vocabulary_rows_times_width = 30522 * 384  # all-MiniLM-L6-v2's word-embedding matrix
     assert free["trainable_params"] - frozen["trainable_params"] == vocabulary_rows_times_width
+
+
+def test_value_mask_hides_only_value_words_and_changes_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shangpin.stages.extract_attributes import training
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
+        everything = list(range(len(lengths)))
+        for _ in range(2):  # two epochs' worth of the same batch
+            ids, _mask, _types, labels = batches_of(everything)
+            seen.append((ids, labels))
+        raise Stop
+
+    monkeypatch.setattr(training, "train_token_classifier", spy)
+    stage = AttributeExtractor(**AttributeExtractor.test_params, value_mask=0.5)
+    with pytest.raises(Stop):
+        stage.fit(tiny_products(12))
+    mask_id = stage.encoder_.mask_id
+    (ids1, labels), (ids2, _) = seen
+    masked = ids1 == mask_id
+    assert masked.any() and not (ids1 == ids2).all()
+    # every masked token belongs to a word inside a value: its word's first token carries a B- or I- label
+    rows, cols = np.nonzero(masked)
+    for r, c in zip(rows, cols, strict=True):
+        first = max(k for k in range(c + 1) if labels[r, k] != -100)
+        assert labels[r, first] > 0
+    assert not (ids1[labels == 0] == mask_id).any()

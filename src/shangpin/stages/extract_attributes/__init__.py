@@ -82,6 +82,8 @@ class AttributeExtractor(Stage[Prediction]):
             the text alone (faster) and uses the category only to choose which attributes decoding may return.
         tidy_spans: trim edge characters that no training value begins or ends with and balance brackets
             (`decoding.EdgeRules`); acts at prediction time only.
+        value_mask: share of the words inside training values replaced by [MASK], drawn afresh each epoch
+            (0 = off): teaches the tagger to find values from their context, for values it has never seen.
         lora_rank: > 0 trains LoRA adapters of this rank (peft) instead of all weights, merged into the weights
             before the ONNX export (same inference speed); 0 = full fine-tuning.
         lora_alpha, lora_dropout: LoRA scaling (alpha / rank) and dropout on the adapters' input.
@@ -138,6 +140,7 @@ class AttributeExtractor(Stage[Prediction]):
         case_features: bool = False,
         category_prefix: bool = True,
         tidy_spans: bool = True,
+        value_mask: float = 0.0,
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.1,
@@ -166,6 +169,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.case_features = case_features
         self.category_prefix = category_prefix
         self.tidy_spans = tidy_spans
+        self.value_mask = value_mask
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
@@ -181,6 +185,7 @@ class AttributeExtractor(Stage[Prediction]):
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (0.0 <= self.dev_fraction < 0.9, "dev_fraction must be in [0, 0.9)"),
             (self.augment_swap >= 0, "augment_swap must be >= 0"),
+            (0.0 <= self.value_mask < 1.0, "value_mask must be in [0, 1)"),
             (self.threshold <= 1.0, "threshold must be <= 1 (negative = tune on dev)"),
             (self.lora_rank >= 0, "lora_rank must be >= 0 (0 = full fine-tuning)"),
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
@@ -318,12 +323,23 @@ class AttributeExtractor(Stage[Prediction]):
 
         seqs, labels = self._examples(products)
 
+        masker = np.random.default_rng(self.seed)
+        mask_id = self.encoder_.mask_id
+
         def batches_of(idx: Sequence[int]) -> tuple[np.ndarray, ...]:
             chosen = [seqs[i] for i in idx]
             ids, mask, types = self.encoder_.pad(chosen)
             lab = np.full(ids.shape, -100, dtype=np.int64)
             for r, i in enumerate(idx):
                 lab[r, : len(labels[i])] = labels[i]
+                if self.value_mask > 0 and mask_id is not None:
+                    # Words inside values, hidden afresh each epoch: the model has to learn where values sit
+                    # from the words around them, not only from value words it memorised.
+                    words, where = seqs[i].words, seqs[i].spans
+                    for w, pos in enumerate(words):
+                        if labels[i][pos] > 0 and masker.random() < self.value_mask:
+                            same_field = w + 1 < len(words) and where[w + 1][0] == where[w][0]
+                            ids[r, pos : words[w + 1] if same_field else pos + 1] = mask_id
             return ids, mask, types, lab
 
         model = build_model(encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0)

@@ -62,6 +62,7 @@ class Encoder:
         self.cls_id = self._special("[CLS]")
         self.sep_id = self._special("[SEP]")
         self.pad_id = self._special("[PAD]")
+        self.mask_id: int | None = self.tokenizer.token_to_id("[MASK]")
         self.max_length = max_length
         self.use_description = use_description
         self.case_features = case_features
