@@ -201,13 +201,17 @@ def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str,
 class OnnxRunner:
     """An ONNX Runtime session for a model exported by `export_onnx`."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = True) -> None:
+        """`spin=False` lets ONNX Runtime's idle worker threads sleep instead of spinning: for callers that run
+        Python work on another thread while the model runs (spinning threads would take its core)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(

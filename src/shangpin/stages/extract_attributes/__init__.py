@@ -20,7 +20,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -390,7 +389,7 @@ class AttributeExtractor(Stage[Prediction]):
         # Static activation ranges from training sequences: scores then do not depend on batch composition.
         calibration = self._calibration_feeds(seqs)
         export_onnx(model, workdir / self.MODEL_FILE, quantize=self.quantize, calibration=calibration)
-        self.runner_ = OnnxRunner(workdir / self.MODEL_FILE)
+        self.runner_ = OnnxRunner(workdir / self.MODEL_FILE, spin=False)
         stats["export_seconds"] = time.perf_counter() - t0
         self.calibration_: tuple[list[float], list[float]] = ([0.0, 1.0], [0.0, 1.0])
         self.dictionary_precision_ = 0.5
@@ -542,27 +541,24 @@ class AttributeExtractor(Stage[Prediction]):
                 space = self._label_space(cats[seq.product])
                 product = products[seq.product]
                 for span in decode(logits[row, seq.words], seq.spans, space):
+                    f, s, e, score = span.field, span.start, span.end, span.score
                     if edges is not None:
-                        s, e = edges.tidy(product.text(span.field), span.start, span.end)
+                        s, e = edges.tidy(product.text(f), s, e)
                         if s >= e:
                             continue
-                        span = replace(span, start=s, end=e)
                     name = self.attributes_[span.attribute]
                     old = best[seq.product].get(name)
                     if old is not None:
-                        same = (
-                            product.text(old[0])[old[1] : old[2]]
-                            == product.text(span.field)[span.start : span.end]
-                        )
+                        same = product.text(old[0])[old[1] : old[2]] == product.text(f)[s:e]
                         # The same value in title and description: keep the title's place, and the better score.
-                        if same and (old[0] == "title" or span.field == "description"):
-                            best[seq.product][name] = (*old[:3], max(old[3], span.score), False)
+                        if same and (old[0] == "title" or f == "description"):
+                            best[seq.product][name] = (*old[:3], max(old[3], score), False)
                             continue
-                        if not same and span.score <= old[3]:
+                        if not same and score <= old[3]:
                             continue
                         if same:
-                            span = replace(span, score=max(old[3], span.score))
-                    best[seq.product][name] = (span.field, span.start, span.end, span.score, False)
+                            score = max(old[3], score)
+                    best[seq.product][name] = (f, s, e, score, False)
         if self.dictionary_fallback:
             for i, p in enumerate(products):
                 self._dictionary(p, cats[i], best[i])
@@ -681,7 +677,7 @@ class AttributeExtractor(Stage[Prediction]):
         )
         self._tokenizer_src = path / self.TOKENIZER_FILE
         self._workdir = path
-        self.runner_ = OnnxRunner(path / self.MODEL_FILE)
+        self.runner_ = OnnxRunner(path / self.MODEL_FILE, spin=False)
 
 
 def _score(

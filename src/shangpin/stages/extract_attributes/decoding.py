@@ -43,15 +43,13 @@ class LabelSpace:
     """
 
     cols: np.ndarray
+    attributes: list[int]
+    """Attribute index of each (B, I) column pair, in column order."""
 
     @classmethod
     def of(cls, allowed: np.ndarray) -> LabelSpace:
-        return cls(cols=np.flatnonzero(allowed))
-
-    @property
-    def attributes(self) -> np.ndarray:
-        """Attribute index of each (B, I) column pair, in column order."""
-        return np.asarray((self.cols[1::2] - 1) // 2)
+        cols = np.flatnonzero(allowed)
+        return cls(cols=cols, attributes=[int(c - 1) // 2 for c in cols[1::2]])
 
 
 def decode(
@@ -88,36 +86,36 @@ def decode(
     ends = np.minimum(ends, n - 1)
     if spans[0][0] != spans[-1][0]:  # title and description in one sequence: no span crosses between them
         field_id = np.cumsum([0] + [spans[t][0] != spans[t - 1][0] for t in range(1, n)])
-        inside &= field_id[ends] == field_id[:, None]
+        inside = inside & (field_id[ends] == field_id[:, None])
     score = sb[:, None, :] + csum[ends + 1] - csum[starts + 1][:, None, :]  # n x w x K'
     score[~inside] = -np.inf
     flat = score.reshape(n * w, live.size)
-    best = flat.argmax(axis=0)
-    best_score = flat[best, np.arange(live.size)]
-    taken = np.zeros(n + 1, dtype=np.int32)  # taken[t + 1] - taken[i] counts words of i..t already used
+    best_at = flat.argmax(axis=0)
+    best = best_at.tolist()
+    best_score = flat[best_at, np.arange(live.size)].tolist()
     used = np.zeros(n, dtype=bool)
     out: list[Span] = []
-    pending = [int(k) for k in np.argsort(-best_score) if best_score[k] > 0.0]
+    pending = sorted((k for k in range(live.size) if best_score[k] > 0.0), key=lambda k: -best_score[k])
     while pending:
         k = pending.pop(0)
-        i, d = divmod(int(best[k]), w)
+        i, d = divmod(best[k], w)
         j = i + d
         if used[i : j + 1].any():
             # Its best span overlaps a surer attribute's: look again outside the words taken, in turn.
+            taken = np.concatenate([[0], np.cumsum(used)])  # taken[t + 1] - taken[i]: used words in i..t
             free = (taken[ends + 1] - taken[starts][:, None]) == 0
             cand = np.where(free & inside, score[:, :, k], -np.inf).reshape(-1)
             best[k] = int(cand.argmax())
-            best_score[k] = cand[best[k]]
+            best_score[k] = float(cand[best[k]])
             if best_score[k] > 0.0:
                 pending.append(k)
                 pending.sort(key=lambda a: -best_score[a])
             continue
         used[i : j + 1] = True
-        taken = np.concatenate([[0], np.cumsum(used)]).astype(np.int32)
-        sc = float(best_score[k])
+        sc = best_score[k]
         out.append(
             Span(
-                attribute=int(space.attributes[live[k]]),
+                attribute=space.attributes[live[k]],
                 field=spans[i][0],
                 start=spans[i][1],
                 end=spans[j][2],
