@@ -165,6 +165,11 @@ def main() -> None:
     no_dict = ExtractionScorer()
     for g, p in zip(dev, stage.predict(dev), strict=True):
         no_dict.add(g, p)
+    # ... and with span tidying off (also a prediction-time switch).
+    stage.set_params(dictionary_fallback=True, tidy_spans=False)
+    no_tidy = ExtractionScorer()
+    for g, p in zip(dev, stage.predict(dev), strict=True):
+        no_tidy.add(g, p)
     meta = json.loads((model / "extract_attributes" / "meta.json").read_text())
     result = {
         "data": str(args.data),
@@ -179,6 +184,9 @@ def main() -> None:
         },
         "model_without_dictionary_fallback": {
             k: round(v, 2) for k, v in no_dict.metrics().items() if k.startswith(("micro", "macro"))
+        },
+        "model_without_span_tidying": {
+            k: round(v, 2) for k, v in no_tidy.metrics().items() if k.startswith(("micro", "macro"))
         },
         "dictionary": {k: round(v, 2) for k, v in base.items() if k.startswith(("micro", "macro"))},
         "threshold": meta["train"].get("threshold"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,3 +241,15 @@ def test_value_mask_hides_only_value_words_and_changes_each_epoch(monkeypatch: p
         first = max(k for k in range(c + 1) if labels[r, k] != -100)
         assert labels[r, first] > 0
     assert not (ids1[labels == 0] == mask_id).any()
+
+
+def test_models_saved_before_the_prefix_option_keep_reading_the_category(
+    int8_stage: AttributeExtractor, tmp_path: Path
+) -> None:
+    int8_stage.save(tmp_path / "m")
+    assert AttributeExtractor.load(tmp_path / "m").encoder_.category_prefix is False
+    state_file = tmp_path / "m" / AttributeExtractor.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["category_prefix"]
+    state_file.write_text(json.dumps(state))
+    assert AttributeExtractor.load(tmp_path / "m").encoder_.category_prefix is True
