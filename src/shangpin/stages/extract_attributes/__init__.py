@@ -1,7 +1,7 @@
 """Attribute value extraction: a category-conditioned BIO span tagger fine-tuned from MiniLM.
 
-The model reads "[CLS] category [SEP] title [SEP] description [SEP]" and tags the first token of every word with
-O / B-<attribute> / I-<attribute>. Decoding picks, for each attribute known for the product's category, the span
+The model reads "[CLS] title [SEP] description [SEP]" (optionally preceded by "category [SEP]") and tags the first
+token of every word with O / B-<attribute> / I-<attribute>. Decoding picks, for each attribute known for the product's category, the span
 of words the tagger finds likeliest (`decoding.decode`), never two attributes on the same words, and tidies its
 edges with rules learned from the training values; every value is an exact substring of the title or description
 with its offsets.

@@ -18,7 +18,7 @@ FIELDS: tuple[TextField, ...] = ("title", "description")
 
 @dataclass
 class Sequence_:
-    """One model input: [CLS] category [SEP] text tokens [SEP] (...), and where its words are.
+    """One model input: [CLS] (category [SEP]) text tokens [SEP] (...), and where its words are.
 
     Labels and predictions live on the first token of each word (the tokenizer's pre-tokenised words: split at
     spaces and punctuation), so a value never starts or ends inside a word.
