@@ -1,10 +1,10 @@
 """Attribute value extraction: a category-conditioned BIO span tagger fine-tuned from MiniLM.
 
 The model reads "[CLS] title [SEP] description [SEP]" (optionally preceded by "category [SEP]") and tags the first
-token of every word with O / B-<attribute> / I-<attribute>. Decoding picks, for each attribute known for the product's category, the span
-of words the tagger finds likeliest (`decoding.decode`), never two attributes on the same words, and tidies its
-edges with rules learned from the training values; every value is an exact substring of the title or description
-with its offsets.
+token of every word with O / B-<attribute> / I-<attribute>. Decoding picks, for each attribute known for the
+product's category, the span of words the tagger finds likeliest (`decoding.decode`), never two attributes on the
+same words, and tidies its edges with rules learned from the training values; every value is an exact substring of
+the title or description with its offsets.
 Inference runs an int8 ONNX export of the fine-tuned model (no torch import at prediction time).
 """
 

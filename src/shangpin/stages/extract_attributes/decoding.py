@@ -143,8 +143,8 @@ class EdgeRules:
 
     The tagger works on words, and punctuation is a word of its own, so a span can take in a separator that no
     value carries ("Rainbow Light -", "Low Acid,") or stop inside a bracket ("43 EU (US Men's 10 M" for
-    "43 EU (US Men's 10 M)"). A non-alphanumeric character may end (or begin) a value only if at least
-    `min_count` training values end (begin) with it; brackets are balanced when the text allows.
+    "43 EU (US Men's 10 M)"). A non-alphanumeric character may end (or begin) a value only if enough training
+    values end (begin) with it (see `learn`); brackets are balanced when the text allows.
     """
 
     ends: frozenset[str] = frozenset()
@@ -189,8 +189,8 @@ class EdgeRules:
         return cls(ends=allowed("end"), starts=allowed("start"))
 
     def tidy(self, text: str, start: int, end: int) -> tuple[int, int]:
-        """The span with brackets balanced and edge characters no training value has trimmed; (start, start)
-        when nothing is left."""
+        """The span with brackets balanced and edge characters no training value has trimmed; an empty span
+        (start == end) when nothing is left."""
         start, end = self._balance(text, start, end)
         while start < end and (
             text[start].isspace() or not (text[start].isalnum() or text[start] in self.starts)

@@ -78,9 +78,10 @@ class Encoder:
 
     def encode(self, products: Sequence[Product], categories: Sequence[str]) -> list[Sequence_]:
         """Sequences for a batch; a product yields one sequence, more when its description is long."""
-        cats = self.tokenizer.encode_batch(
-            [c or "" for c in categories] if self.category_prefix else ["" for _ in categories],
-            add_special_tokens=False,
+        cats = (
+            self.tokenizer.encode_batch([c or "" for c in categories], add_special_tokens=False)
+            if self.category_prefix
+            else None
         )
         titles = self.tokenizer.encode_batch([p.title for p in products], add_special_tokens=False)
         descs = (
@@ -90,7 +91,7 @@ class Encoder:
         )
         out: list[Sequence_] = []
         for i, product in enumerate(products):
-            cat_ids = cats[i].ids[:16]
+            cat_ids = cats[i].ids[:16] if cats is not None else []
             room = self.max_length - len(cat_ids) - 3
             seq = self._start(i, cat_ids)
             title = titles[i]
