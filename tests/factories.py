@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Iterable
+from pathlib import Path
 
 from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
+from shangpin.storage.catalog import product_to_input
 
 BRANDS = ["Acme", "Northwind", "Blue Harbor", "Kestrel", "Juniper Co", "Orbit"]
 COLORS = ["Red", "Navy Blue", "Black", "Olive Green", "White", "Pink"]
@@ -47,3 +51,9 @@ def tiny_products(n: int = 40, seed: int = 0) -> list[Product]:
     """`n` products, half shoes and half coffee, deterministic for a seed."""
     rng = random.Random(seed)
     return [(shoe if i % 2 == 0 else coffee)(rng, i) for i in range(n)]
+
+
+def write_products(path: Path, products: Iterable[Product]) -> Path:
+    """Products as input JSONL at `path`, the file `shangpin train/predict --data` reads."""
+    path.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in products), encoding="utf-8")
+    return path

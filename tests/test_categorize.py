@@ -16,10 +16,10 @@ from shangpin.evaluate import category_scores
 from shangpin.records import CategoryPrediction, Product
 from shangpin.stages.categorize import Categorizer, _fit_temperature, _threshold_for_precision
 from shangpin.stages.categorize.features import category_text
-from shangpin.storage.catalog import product_from_dict, product_to_input
+from shangpin.storage.catalog import product_from_dict
 from shangpin.taxonomy import Taxonomy
 from tests.conftest import shared_data
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 runner = CliRunner()
 PATHS = ["Apparel > Shoes", "Food > Coffee", "Electronics > Phones", "Home > Garden > Plants"]
@@ -163,7 +163,7 @@ def test_reads_mwpd_lines() -> None:
 
 def test_cli_train_categorize_predict(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in tiny_products(40)))
+    write_products(data, tiny_products(40))
     model = tmp_path / "model"
     r = runner.invoke(app, ["train", "--task", "categorize", "--data", str(data), "--model", str(model)])
     assert r.exit_code == 0, r.output
@@ -183,7 +183,7 @@ def test_cli_train_categorize_predict(tmp_path: Path) -> None:
 
 def test_cli_taxonomy_flag_reaches_the_stage(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in unlabelled(tiny_products(6))))
+    write_products(data, unlabelled(tiny_products(6)))
     tax = tmp_path / "paths.txt"
     tax.write_text("\n".join(PATHS) + "\n")
     model = tmp_path / "model"

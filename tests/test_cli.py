@@ -12,8 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shangpin.cli import app
-from shangpin.storage.catalog import product_to_input
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 runner = CliRunner()
 PARAMS = [
@@ -32,7 +31,7 @@ PARAMS = [
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("cli")
     data = folder / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in tiny_products(40)))
+    write_products(data, tiny_products(40))
     model = folder / "model"
     result = runner.invoke(
         app, ["train", "--task", "extract", "--data", str(data), "--model", str(model), *PARAMS]

@@ -19,7 +19,7 @@ from shangpin.jobs import KILL_AFTER_ENV, MANIFEST_FILE, ChunkedJob, parts_dir
 from shangpin.predict import PredictReport, predict_file
 from shangpin.storage.catalog import product_to_input
 from shangpin.train import train
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'shangpin[ray]')")
@@ -34,7 +34,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Categorisation (linear SVM) and extraction (int8 ONNX MiniLM), trained small to keep the module fast."""
     folder = tmp_path_factory.mktemp("engines")
     data = folder / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in tiny_products(40)))
+    write_products(data, tiny_products(40))
     model_dir = folder / "model"
     train("categorize", data, model_dir)
     train("extract", data, model_dir, overrides=EXTRACT)

@@ -17,9 +17,8 @@ from shangpin.errors import ConfigError, NotFittedError
 from shangpin.export import ExportReport, default_export_dir, export_model
 from shangpin.pipeline import Pipeline
 from shangpin.records import Product
-from shangpin.storage.catalog import product_to_input
 from shangpin.train import train
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 EXTRACT = [
     "num_layers=2",
@@ -36,7 +35,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model with an fp32 extraction graph, a TF-IDF categoriser and a tags stage with keyphrases (torch)."""
     folder = tmp_path_factory.mktemp("export")
     data = folder / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in tiny_products(40)))
+    write_products(data, tiny_products(40))
     model = folder / "model"
     train("extract", data, model, overrides=EXTRACT)
     train("categorize", data, model, overrides=["encoder=none", "dev_fraction=0.25"])
@@ -108,7 +107,7 @@ def test_exported_model_predicts_with_the_same_schema(source: Path, int8: tuple[
 def test_cli_predict_reads_the_exported_directory(int8: tuple[Path, ExportReport], tmp_path: Path) -> None:
     out, _ = int8
     data = tmp_path / "in.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in _products()[:5]))
+    write_products(data, _products()[:5])
     result = CliRunner().invoke(
         app, ["predict", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "o.jsonl")]
     )

@@ -11,11 +11,9 @@ from typer.testing import CliRunner
 from shangpin.cli import app
 from shangpin.errors import ConfigError, DataError
 from shangpin.pretrain import INFO_FILE, PretrainSettings, pretrain
-from shangpin.records import Product
 from shangpin.stages.categorize import Categorizer
 from shangpin.stages.extract_attributes import AttributeExtractor
-from shangpin.storage.catalog import product_to_input
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 runner = CliRunner()
 FAST = [
@@ -28,11 +26,6 @@ FAST = [
     "--set",
     "head_warmup_steps=2",
 ]
-
-
-def write_products(path: Path, products: list[Product]) -> Path:
-    path.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in products), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from shangpin.service.batching import MicroBatcher
 from shangpin.storage.catalog import product_to_input
 from shangpin.storage.keys import KeyStore
 from shangpin.storage.review import ReviewStore, Thresholds
-from tests.factories import tiny_products
+from tests.factories import tiny_products, write_products
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -376,7 +376,7 @@ def test_train_from_reviews_uses_human_decisions_only(model: Path, tmp_path: Pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     products = tiny_products(40)
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in products))
+    write_products(data, products)
     unlabelled = [Product(p.product_id, p.title, p.description) for p in products[:6]]
     out = list(Pipeline.load(model, stages=["categorize"]).pipe(unlabelled))
     with ReviewStore(url) as store:
