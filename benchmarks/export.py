@@ -76,6 +76,11 @@ def mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 1e6, 1)
 
 
+def sizes(folder: Path, graph: dict[str, Any]) -> dict[str, Any]:
+    """The graph's description with its size and the size of the whole model folder, in MB."""
+    return {"graph": graph, "graph_mb": mb(folder / graph["file"]), "model_dir_mb": mb(folder)}
+
+
 def export_variants(model: Path, work: Path, calibration: Path | None = None) -> dict[str, Path]:
     """`shangpin export` of `model` as fp32 and int8 (the CLI, as a user runs it)."""
     out = {}
@@ -160,9 +165,7 @@ def extraction(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rows[name] = {
             **{k: round(v, 2) for k, v in scorer.metrics().items() if k.startswith(("micro", "macro"))},
             "titles_changed_batch_1_vs_290_of_100": changed,
-            "graph": graph,
-            "graph_mb": mb(folder / graph["file"]),
-            "model_dir_mb": mb(folder),
+            **sizes(folder, graph),
         }
         runs[name] = run
         log(f"extract {name}: {rows[name]['micro_f1']} micro-F1")
@@ -230,9 +233,7 @@ def categorization(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         rows[name] = {
             **{k: round(v, 2) for k, v in scores.items()},
-            "graph": graph,
-            "graph_mb": mb(folder / graph["file"]),
-            "model_dir_mb": mb(folder),
+            **sizes(folder, graph),
         }
         runs[name] = run
         log(f"categorize {name}: {scores}")
