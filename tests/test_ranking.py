@@ -24,7 +24,7 @@ from shangpin.ranking import (
     request_from_dict,
 )
 from shangpin.ranking.catalog import RankCatalog, ancestors, build_catalog
-from shangpin.ranking.model import NodeFit
+from shangpin.ranking.model import NodeFit, _contributions
 from shangpin.ranking.simulate import Simulation, Simulator
 from shangpin.records import AttributeValue, CategoryPrediction, Event, Product
 
@@ -182,6 +182,22 @@ def test_weights_are_expected_positive_coefficients() -> None:
     assert math.isclose(weights.sum(), 1.0)
     fit.fixed_weights = np.array([0.5, 0.5])
     assert np.allclose(fit.strengths(), 0.5 * fit.positive().sum())
+
+
+def test_contributions_rank_by_expected_gain() -> None:
+    w = np.array([0.5, 0.5])
+    sure_half = np.array([[1.0, 0.0]])  # surely matches one attribute, surely not the other
+    maybe_both = np.array([[0.5, 0.5]])  # the same expected utility, a quarter chance of a full match
+    # Risk-neutral (gain 0): expected utility, a tie.
+    assert _contributions(sure_half, w, 0.0).sum() == pytest.approx(_contributions(maybe_both, w, 0.0).sum())
+    # NDCG's gain 2^(5u) - 1 rewards the full match: log2 E[2^(5u)] / 5 = log2(1 + 0.5 (2^2.5 - 1)) * 2 / 5.
+    assert _contributions(sure_half, w, 5.0).sum() == pytest.approx(0.5)
+    assert _contributions(maybe_both, w, 5.0).sum() == pytest.approx(2 * math.log2(1 + 0.5 * (2**2.5 - 1)) / 5)
+    assert _contributions(maybe_both, w, 5.0).sum() > 0.5
+    # A small gain tends to expected utility; contributions stay in [0, w_a].
+    x = np.array([[0.2, 0.9], [0.0, 1.0]])
+    assert np.allclose(_contributions(x, w, 1e-6), x * w, atol=1e-6)
+    assert (_contributions(x, w, 5.0) <= w + 1e-12).all() and (_contributions(x, w, 5.0) >= 0).all()
 
 
 def test_request_parsing_errors() -> None:
