@@ -192,7 +192,9 @@ def test_contributions_rank_by_expected_gain() -> None:
     assert _contributions(sure_half, w, 0.0).sum() == pytest.approx(_contributions(maybe_both, w, 0.0).sum())
     # NDCG's gain 2^(5u) - 1 rewards the full match: log2 E[2^(5u)] / 5 = log2(1 + 0.5 (2^2.5 - 1)) * 2 / 5.
     assert _contributions(sure_half, w, 5.0).sum() == pytest.approx(0.5)
-    assert _contributions(maybe_both, w, 5.0).sum() == pytest.approx(2 * math.log2(1 + 0.5 * (2**2.5 - 1)) / 5)
+    assert _contributions(maybe_both, w, 5.0).sum() == pytest.approx(
+        2 * math.log2(1 + 0.5 * (2**2.5 - 1)) / 5
+    )
     assert _contributions(maybe_both, w, 5.0).sum() > 0.5
     # A small gain tends to expected utility; contributions stay in [0, w_a].
     x = np.array([[0.2, 0.9], [0.0, 1.0]])
