@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from shangpin.cli import app
-from shangpin.errors import DataError, NotFittedError
+from shangpin.errors import ConfigError, DataError, NotFittedError
 from shangpin.ranking import (
     RankModel,
     RankRequest,
@@ -24,7 +24,8 @@ from shangpin.ranking import (
     request_from_dict,
 )
 from shangpin.ranking.catalog import RankCatalog, ancestors, build_catalog
-from shangpin.ranking.model import NodeFit, _contributions
+from shangpin.ranking.features import Evidence, Priors
+from shangpin.ranking.model import NodeFit, _contributions, _fit_node
 from shangpin.ranking.simulate import Simulation, Simulator
 from shangpin.records import AttributeValue, CategoryPrediction, Event, Product
 
@@ -200,6 +201,63 @@ def test_contributions_rank_by_expected_gain() -> None:
     x = np.array([[0.2, 0.9], [0.0, 1.0]])
     assert np.allclose(_contributions(x, w, 1e-6), x * w, atol=1e-6)
     assert (_contributions(x, w, 5.0) <= w + 1e-12).all() and (_contributions(x, w, 5.0) >= 0).all()
+
+
+def test_marginal_link_recovers_coefficients_of_uncertain_matches() -> None:
+    # Choices made on true matches m ~ Bernoulli(x), odds e^(beta m); the model sees only x.
+    rng = np.random.default_rng(0)
+    beta = np.array([2.0, 0.5])
+    xs, positions = [], []
+    for _ in range(3000):
+        x = rng.uniform(size=(8, 2))
+        m = rng.uniform(size=x.shape) < x
+        p = np.exp(m @ beta)
+        chosen = int(rng.choice(8, p=p / p.sum()))
+        order = [chosen, *[i for i in range(8) if i != chosen]]
+        xs.append(x[order])
+        positions.append([12] * 8)
+    fits = {
+        link: _fit_node(
+            xs,
+            positions,
+            np.ones(len(xs)),
+            prior_beta=np.zeros(2),
+            prior_gamma=np.zeros(13),
+            prior_strength=1e-3,
+            old=None,
+            old_decay=1.0,
+            link=link,
+        )
+        for link in ("marginal", "linear")
+    }
+    assert np.allclose(fits["marginal"].beta, beta, atol=0.3), fits["marginal"].beta
+    assert fits["marginal"].beta_sd is not None and (fits["marginal"].beta_sd < 0.15).all()
+    # The first-order link reads the strong coefficient off a secant of the log curve: too low here.
+    assert fits["linear"].beta[0] < beta[0] - 0.2, fits["linear"].beta
+
+
+def test_taste_prior_divides_out_how_common_a_value_is(catalog: RankCatalog) -> None:
+    priors = Priors(catalog)
+    leaf = int(catalog.leaf[0])
+    a = next(a for a in catalog.node_attributes[leaf] if len(priors.catalog_counts[(leaf, a)]) > 2)
+    counts = priors.catalog_counts[(leaf, a)]
+    assert priors.table(leaf, a) == pytest.approx({c: 1 / len(counts) for c in counts})  # a new shop
+    # Engagement in proportion to the catalog says nothing about taste: the prior stays uniform.
+    rows = catalog.rows_in_leaf(leaf)
+    priors.add_engagement(catalog, Evidence(product_weight={int(r): 1.0 for r in rows}))
+    assert priors.table(leaf, a) == pytest.approx({c: 1 / len(counts) for c in counts})
+    # The rarest value engaged with three times over its share comes out on top.
+    rare = min(counts, key=lambda c: counts[c])
+    picked = [int(r) for r in rows if catalog.codes[r, a] == rare]
+    priors.add_engagement(catalog, Evidence(product_weight={r: 1.0 for r in picked}), decay=2.0)
+    table = priors.table(leaf, a)
+    assert max(table, key=lambda c: table[c]) == rare
+    assert math.isclose(sum(table.values()), 1.0)
+
+
+def test_misspelt_choice_is_refused(catalog: RankCatalog, simulation: Simulation) -> None:
+    with pytest.raises(ConfigError, match=r"choice_model = 'binray'; expected one of 'multinomial'"):
+        RankModel(choice_model="binray").fit(catalog, simulation.events)
 
 
 def test_request_parsing_errors() -> None:

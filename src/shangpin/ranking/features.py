@@ -174,11 +174,21 @@ def session_evidence(
 
 
 class Priors:
-    """Shop-wide preference per leaf category: the share of engagement each attribute value received,
-    smoothed toward the value's share of the leaf's products (which is all a new shop has)."""
+    """Shop-wide taste per leaf category: how much more often each attribute value is engaged with than the
+    catalog offers it (engagement share over product share, normalised), so a value engaged with only because
+    most products have it gets no more prior than a rare one. A new shop (no engagement) gets a uniform prior.
 
-    def __init__(self, catalog: RankCatalog, smoothing: float = 5.0) -> None:
-        self.smoothing = smoothing
+    Dividing by the product share matters: with the plain engagement share, the common value of a skewed
+    attribute (70 % of shoes are "Casual") looked preferred by most shoppers, every product's x for that
+    attribute then mostly repeated its popularity, and its coefficient collapsed (docs/BENCHMARKS.md).
+    """
+
+    def __init__(
+        self, catalog: RankCatalog, smoothing: float | None = None, *, relative: bool = True
+    ) -> None:
+        # Pseudo-engagements: 1 per value at ratio 1 (relative), 5 in all spread like the products (shares).
+        self.smoothing = smoothing if smoothing is not None else (1.0 if relative else 5.0)
+        self.relative = relative
         n_attr = len(catalog.attributes)
         # (leaf, attribute) -> {code: count}; catalog counts and engagement counts.
         self.catalog_counts: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
@@ -229,7 +239,15 @@ class Priors:
         n_cat = sum(cat.values()) or 1.0
         n_eng = sum(eng.values())
         m = self.smoothing
-        table = {code: (eng.get(code, 0.0) + m * cat.get(code, 0.0) / n_cat) / (n_eng + m) for code in cat}
+        if not self.relative:  # the plain engagement share, smoothed toward the product share
+            table = {code: (eng.get(code, 0.0) + m * n / n_cat) / (n_eng + m) for code, n in cat.items()}
+            self._cache[key] = table
+            return table
+        # Observed over expected engagement (expected: in proportion to the products), each value starting from
+        # m pseudo-engagements at ratio 1, so a rare value's few lucky clicks do not make it the favourite.
+        lift = {code: (eng.get(code, 0.0) + m) / (n_eng * n / n_cat + m) for code, n in cat.items()}
+        total = sum(lift.values()) or 1.0
+        table = {code: value / total for code, value in lift.items()}
         self._cache[key] = table
         return table
 

@@ -3,11 +3,14 @@
 Model: in each category node a conditional logit over choice sets (the list a search showed, or sampled
 products when the log has no lists),
 
-    P(choose i | shown S) = exp(gamma[pos(i)] + sum_a beta_a x_a(i)) / sum_{j in S} exp(...),
+    P(choose i | shown S) = exp(gamma[pos(i)] + sum_a h_a(i)) / sum_{j in S} exp(...),
+    h_a(i) = log(1 + x_a(i) (e^beta_a - 1)),
 
-where gamma absorbs position bias (a top slot is clicked more whatever it holds) and x_a(i) says how much the
-rest of the session agreed with i's value of a (see `features`). beta_a is then how strongly agreement on a
-drives choices beyond position and chance; the importance of a is its positive part, normalised to sum to 1.
+where gamma absorbs position bias (a top slot is clicked more whatever it holds) and x_a(i) is the probability,
+from the rest of the session, that i's value of a is the one the shopper wants (see `features`). A match
+multiplies the choice odds by e^beta_a; h_a is that factor averaged over the uncertain match. beta_a is then
+how strongly a match on a drives choices beyond position and chance; the importance of a is its positive part,
+normalised to sum to 1.
 
 Every level of the category tree gets a model; a node's prior is its parent's fit (Gaussian, precision
 `prior_strength`), so a node with few sessions stays close to its parent and one with many speaks for itself.
@@ -35,7 +38,7 @@ from scipy.special import ndtr
 from shangpin import __version__
 from shangpin._progress import track
 from shangpin._util import atomic_write
-from shangpin.errors import DataError, IncompatibleModelError, NotFittedError
+from shangpin.errors import ConfigError, DataError, IncompatibleModelError, NotFittedError
 from shangpin.ranking.catalog import MISSING, RankCatalog
 from shangpin.ranking.features import (
     POSITION_BUCKETS,
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DAY = 86400.0
 ROOT_PRECISION = 1.0
+MAX_COEFFICIENT = 30.0
+"""Coefficients are capped here inside exp() so that a degenerate fit cannot overflow."""
 """Precision of the zero-mean prior of top-level nodes (and of the first pass's parent tie under "auto")."""
 
 
@@ -155,6 +160,12 @@ class RankModel(Params):
         gain: g in the gain 2^(g u) - 1 that ranking maximises in expectation, u = sum_a w_a [value matches the
             session's preference] in [0, 1]. 5 is docs/metrics.md's NDCG gain: it favours a candidate likely to
             match everything over one that surely matches half. 0 ranks by expected utility sum_a w_a x_a.
+        link: how a product's attribute evidence enters its choice odds: "marginal" (default) averages
+            exp(beta_a [value matches]) over the match, which is uncertain with probability x_a: 1 + x_a (e^beta_a - 1);
+            "linear" uses exp(beta_a x_a), its first-order form (models trained before this option).
+        taste_prior: the shop-wide taste that training's x_a start from: "relative" (default): how much more
+            often each value is engaged with than the catalog offers it; "share": the plain engagement share
+            (models trained before this option), which credits a common value with the popularity of its products.
         seed: random seed for sampled comparison products.
     """
 
@@ -174,6 +185,8 @@ class RankModel(Params):
         choice_model: str = "multinomial",
         base_weight: float = 1.0,
         gain: float = 5.0,
+        link: str = "marginal",
+        taste_prior: str = "relative",
         seed: int = 13,
     ) -> None:
         self.iterations = iterations
@@ -187,14 +200,33 @@ class RankModel(Params):
         self.choice_model = choice_model
         self.base_weight = base_weight
         self.gain = gain
+        self.link = link
+        self.taste_prior = taste_prior
         self.seed = seed
 
     # -- training ----------------------------------------------------------------------------------------------
+    CHOICES: dict[str, tuple[str, ...]] = {
+        "choice_model": ("multinomial", "binary", "auto"),
+        "rank_prior": ("uniform", "learned"),
+        "link": ("marginal", "linear"),
+        "taste_prior": ("relative", "share"),
+    }
+
+    def _check_params(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"rank parameter {name} = {value!r}; expected one of {', '.join(map(repr, allowed))}. "
+                    f"Fix the config file or the --set {name}=... override."
+                )
+
     def fit(self, catalog: RankCatalog, events: Iterable[Event]) -> Self:
         """Learn importance per node from scratch."""
+        self._check_params()
         self.catalog_ = catalog
         self.matcher_ = QueryMatcher(catalog)
-        self.priors_ = Priors(catalog)
+        self.priors_ = Priors(catalog, relative=self.taste_prior == "relative")
         self.nodes_: dict[int, NodeFit] = {}
         self.t_ref_ = 0.0
         self.train_info_: dict[str, Any] = {"n_events": 0, "n_sessions": 0, "n_choices": 0, "updates": 0}
@@ -298,6 +330,7 @@ class RankModel(Params):
                     labels=[all_choices[k].labels for k in members]
                     if self.choice_model_ == "binary"
                     else None,
+                    link=self.link,
                 )
                 fit.attributes = list(attrs)
                 fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
@@ -513,12 +546,13 @@ class RankModel(Params):
                 f"rank_attributes: the model at {path} was saved in format v{meta.get('version')}, this code "
                 f"reads v{FORMAT_VERSION}; retrain it with 'shangpin rank train'."
             )
-        model = cls(**meta["params"])
+        # Models saved before `gain`, `link` and `taste_prior` existed: expected utility, linear link, shares.
+        model = cls(**{"gain": 0.0, "link": "linear", "taste_prior": "share", **meta["params"]})
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         with np.load(path / "catalog.npz", allow_pickle=False) as arrays:
             model.catalog_ = RankCatalog.from_saved(arrays, state["catalog"])
         model.matcher_ = QueryMatcher(model.catalog_)
-        model.priors_ = Priors(model.catalog_)
+        model.priors_ = Priors(model.catalog_, relative=model.taste_prior == "relative")
         for leaf, a, items in state["priors"]:
             model.priors_.engaged[(int(leaf), int(a))] = {int(c): float(v) for c, v in items}
         model.nodes_ = {
@@ -596,8 +630,16 @@ def _fit_node(
     old: NodeFit | None,
     old_decay: float,
     labels: Sequence[list[int] | None] | None = None,
+    link: str = "marginal",
 ) -> NodeFit:
-    """MAP conditional logit for one node: new choices + decayed old quadratic + Gaussian tie to the parent."""
+    """MAP choice model for one node: new choices + decayed old quadratic + Gaussian tie to the parent.
+
+    A product's score is gamma[position] + sum_a h_a, h_a = log(1 + x_a (e^beta_a - 1)) under the "marginal"
+    link: the choice odds exp(beta_a [value matches]) averaged over the unknown match, which is 1 with
+    probability x_a. The "linear" link h_a = beta_a x_a is its first-order form: it reads beta off a secant of
+    the curve, which is steeper near x = 0 than near 1, so attributes whose x lie in different ranges are
+    measured on different scales.
+    """
     n_a = len(prior_beta)
     dim = n_a + POSITION_BUCKETS
     prior_mean = np.concatenate([prior_beta, prior_gamma])
@@ -610,42 +652,51 @@ def _fit_node(
         old_mean = np.zeros(dim)
         old_h = np.zeros((dim, dim))
 
+    x = np.concatenate(xs).astype(float) if xs else np.zeros((0, n_a))
     if xs:
-        sizes = np.array([len(x) for x in xs])
+        sizes = np.array([len(v) for v in xs])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        feat = np.zeros((int(sizes.sum()), dim))
-        feat[:, :n_a] = np.concatenate(xs) if n_a else 0.0
-        pos = np.concatenate([np.asarray(p) for p in positions])
-        feat[np.arange(len(pos)), n_a + pos] = 1.0
+        pos = np.concatenate([np.asarray(p, dtype=np.intp) for p in positions])
         chosen = starts  # the chosen product is first in every choice set
         seg = np.repeat(np.arange(len(xs)), sizes)
         w = weights
-    else:
-        feat = np.zeros((0, dim))
-
-    binary = labels is not None and len(feat) > 0
+    marginal = link == "marginal"
+    binary = labels is not None and len(x) > 0
     if binary:
         y = np.concatenate([np.asarray(lab, dtype=float) for lab in labels or []])
         w_rows = np.repeat(w, sizes)
+
+    def scores(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's score and its derivative in beta (rows x attributes)."""
+        beta = np.minimum(theta[:n_a], MAX_COEFFICIENT)
+        if marginal:
+            inner = 1.0 + x * np.expm1(beta)[None, :]
+            z = np.log(inner).sum(axis=1) if n_a else np.zeros(len(x))
+            d_beta = x * np.exp(beta)[None, :] / inner
+        else:
+            z, d_beta = x @ beta, x
+        return z + theta[n_a:][pos], d_beta
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         diff = theta - prior_mean
         odiff = theta - old_mean
         value = 0.5 * float(np.sum(precision * diff**2)) + 0.5 * float(odiff @ old_h @ odiff)
         grad = precision * diff + old_h @ odiff
+        if not len(x):
+            return value, grad
+        z, d_beta = scores(theta)
         if binary:
-            z = feat @ theta
             value += float(np.sum(w_rows * (np.logaddexp(0.0, z) - y * z)))
-            grad += feat.T @ (w_rows * (_sigmoid(z) - y))
-        elif len(feat):
-            z = feat @ theta
+            resid = w_rows * (_sigmoid(z) - y)
+        else:
             zmax = np.maximum.reduceat(z, starts)
             ez = np.exp(z - zmax[seg])
             denom = np.add.reduceat(ez, starts)
-            lse = zmax + np.log(denom)
-            value += float(np.sum(w * (lse - z[chosen])))
-            p = ez / denom[seg]
-            grad += feat.T @ (w[seg] * p) - feat[chosen].T @ w
+            value += float(np.sum(w * (zmax + np.log(denom) - z[chosen])))
+            resid = w[seg] * ez / denom[seg]
+            resid[chosen] -= w
+        grad[:n_a] += d_beta.T @ resid
+        grad[n_a:] += np.bincount(pos, weights=resid, minlength=POSITION_BUCKETS)
         return value, grad
 
     start = np.concatenate([old.beta, old.gamma]) if old is not None else prior_mean
@@ -653,19 +704,23 @@ def _fit_node(
     theta = result.x
     hessian = old_h.copy()
     n_choices = (old.n_choices * old_decay if old is not None else 0.0) + float(
-        weights.sum() if len(feat) else 0.0
+        weights.sum() if len(x) else 0.0
     )
-    if binary:
-        p_rows = _sigmoid(feat @ theta)
-        hessian += (feat * (w_rows * p_rows * (1 - p_rows))[:, None]).T @ feat
-    elif len(feat):
-        z = feat @ theta
-        zmax = np.maximum.reduceat(z, starts)
-        ez = np.exp(z - zmax[seg])
-        p = ez / np.add.reduceat(ez, starts)[seg]
-        wp = w[seg] * p
-        mean_f = np.add.reduceat(feat * p[:, None], starts)
-        hessian += (feat * wp[:, None]).T @ feat - (mean_f * w[:, None]).T @ mean_f
+    if len(x):
+        # Fisher information (Gauss-Newton): the score's Jacobian in place of the features.
+        z, d_beta = scores(theta)
+        jac = np.zeros((len(x), dim))
+        jac[:, :n_a] = d_beta
+        jac[np.arange(len(pos)), n_a + pos] = 1.0
+        if binary:
+            p_rows = _sigmoid(z)
+            hessian += (jac * (w_rows * p_rows * (1 - p_rows))[:, None]).T @ jac
+        else:
+            zmax = np.maximum.reduceat(z, starts)
+            ez = np.exp(z - zmax[seg])
+            p = ez / np.add.reduceat(ez, starts)[seg]
+            mean_j = np.add.reduceat(jac * p[:, None], starts)
+            hessian += (jac * (w[seg] * p)[:, None]).T @ jac - (mean_j * w[:, None]).T @ mean_j
     try:
         covariance = np.linalg.inv(hessian + np.diag(precision))
         beta_sd = np.sqrt(np.clip(np.diag(covariance)[:n_a], 0.0, None))
