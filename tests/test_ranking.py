@@ -24,7 +24,7 @@ from shangpin.ranking import (
     request_from_dict,
 )
 from shangpin.ranking.catalog import RankCatalog, ancestors, build_catalog
-from shangpin.ranking.features import Evidence, Priors
+from shangpin.ranking.features import PREFERENCE_FLOOR, Evidence, Priors, _preference
 from shangpin.ranking.model import NodeFit, _contributions, _fit_node
 from shangpin.ranking.simulate import Simulation, Simulator
 from shangpin.records import AttributeValue, CategoryPrediction, Event, Product
@@ -253,6 +253,20 @@ def test_taste_prior_divides_out_how_common_a_value_is(catalog: RankCatalog) -> 
     table = priors.table(leaf, a)
     assert max(table, key=lambda c: table[c]) == rare
     assert math.isclose(sum(table.values()), 1.0)
+
+
+def test_preference_prior_inverts_the_lift_of_wanted_values() -> None:
+    # Shoppers want value 0, 1, 2 with shares q; wanting v multiplies v's engagement odds by e^s.
+    q = {0: 0.6, 1: 0.3, 2: 0.1}
+    offered = {0: 0.5, 1: 0.3, 2: 0.2}
+    s = 1.5
+    k = math.expm1(s)
+    z = 1 + k * sum(offered[v] * q[v] for v in q)
+    lift = {v: (1 + q[v] * k) / z for v in q}
+    expected = {v: (1 - PREFERENCE_FLOOR) * q[v] + PREFERENCE_FLOOR / 3 for v in q}
+    assert _preference(lift, s) == pytest.approx(expected)
+    # The lift is scale-free: a constant factor (normalisation) does not change the answer.
+    assert _preference({v: 3 * x for v, x in lift.items()}, s) == pytest.approx(expected)
 
 
 def test_misspelt_choice_is_refused(catalog: RankCatalog, simulation: Simulation) -> None:

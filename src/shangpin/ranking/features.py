@@ -173,22 +173,35 @@ def session_evidence(
     return ev
 
 
-class Priors:
-    """Shop-wide taste per leaf category: how much more often each attribute value is engaged with than the
-    catalog offers it (engagement share over product share, normalised), so a value engaged with only because
-    most products have it gets no more prior than a rare one. A new shop (no engagement) gets a uniform prior.
+TASTE_PRIORS = ("preference", "relative", "share")
+PREFERENCE_FLOOR = 0.2
+"""Share of the "preference" prior spread evenly, so that no value is ruled out before a session speaks."""
 
-    Dividing by the product share matters: with the plain engagement share, the common value of a skewed
-    attribute (70 % of shoes are "Casual") looked preferred by most shoppers, every product's x for that
-    attribute then mostly repeated its popularity, and its coefficient collapsed (docs/BENCHMARKS.md).
+
+class Priors:
+    """Shop-wide taste per leaf category and attribute: the prior that x_a starts from.
+
+    `mode` says how it is read off the engagement counts:
+    - "preference" (default): the share of shoppers who want each value, q_v. A shopper who wants v multiplies
+      the odds of engaging with a product of value v by e^s (s: the attribute's choice coefficient), so value
+      v's lift (engagement over what the catalog offers) is (1 + q_v (e^s - 1)) / Z; q is solved from the lifts
+      given s, floored by PREFERENCE_FLOOR.
+    - "relative": the lifts themselves, normalised (the first-order reading of the same relation).
+    - "share": the plain engagement share (models trained before 2026-11-24). It credits the common value of
+      a skewed attribute (70 % of shoes are "Casual") with the popularity of its products; every product's x
+      for that attribute then mostly repeated that popularity and its coefficient collapsed (docs/BENCHMARKS.md).
+    A new shop (no engagement) gets a uniform prior under "preference" and "relative", product shares under
+    "share".
     """
 
     def __init__(
-        self, catalog: RankCatalog, smoothing: float | None = None, *, relative: bool = True
+        self, catalog: RankCatalog, smoothing: float | None = None, *, mode: str = "preference"
     ) -> None:
-        # Pseudo-engagements: 1 per value at ratio 1 (relative), 5 in all spread like the products (shares).
-        self.smoothing = smoothing if smoothing is not None else (1.0 if relative else 5.0)
-        self.relative = relative
+        if mode not in TASTE_PRIORS:
+            raise ValueError(f"taste prior mode {mode!r}; expected one of {TASTE_PRIORS}")
+        self.mode = mode
+        # Pseudo-engagements: 1 per value at lift 1 ("preference", "relative"), 5 in all spread like the products.
+        self.smoothing = smoothing if smoothing is not None else (5.0 if mode == "share" else 1.0)
         n_attr = len(catalog.attributes)
         # (leaf, attribute) -> {code: count}; catalog counts and engagement counts.
         self.catalog_counts: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
@@ -199,7 +212,7 @@ class Priors:
                 if code != MISSING:
                     bucket = self.catalog_counts[(leaf, a)]
                     bucket[code] = bucket.get(code, 0.0) + 1.0
-        self._cache: dict[tuple[int, int], dict[int, float]] = {}
+        self._cache: dict[tuple[int, int, float], dict[int, float]] = {}
         self._uniform_cache: dict[tuple[int, int], dict[int, float]] = {}
 
     def _uniform(self, leaf: int, a: int) -> dict[int, float]:
@@ -226,30 +239,50 @@ class Priors:
                 bucket[code] *= factor
         self._cache.clear()
 
-    def table(self, leaf: int, a: int, *, uniform: bool = False) -> dict[int, float]:
-        """code -> prior probability for one leaf and attribute (`uniform`: equal over the leaf's values)."""
+    def table(self, leaf: int, a: int, *, uniform: bool = False, strength: float = 1.0) -> dict[int, float]:
+        """code -> prior probability for one leaf and attribute (`uniform`: equal over the leaf's values).
+
+        `strength` is the attribute's choice coefficient s, which the "preference" reading needs."""
         if uniform:
             return self._uniform(leaf, a)
-        key = (leaf, a)
+        s = round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
+        key = (leaf, a, s)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        cat = self.catalog_counts.get(key, {})
-        eng = self.engaged.get(key, {})
+        cat = self.catalog_counts.get((leaf, a), {})
+        eng = self.engaged.get((leaf, a), {})
         n_cat = sum(cat.values()) or 1.0
         n_eng = sum(eng.values())
         m = self.smoothing
-        if not self.relative:  # the plain engagement share, smoothed toward the product share
+        if self.mode == "share":  # the plain engagement share, smoothed toward the product share
             table = {code: (eng.get(code, 0.0) + m * n / n_cat) / (n_eng + m) for code, n in cat.items()}
-            self._cache[key] = table
-            return table
-        # Observed over expected engagement (expected: in proportion to the products), each value starting from
-        # m pseudo-engagements at ratio 1, so a rare value's few lucky clicks do not make it the favourite.
-        lift = {code: (eng.get(code, 0.0) + m) / (n_eng * n / n_cat + m) for code, n in cat.items()}
-        total = sum(lift.values()) or 1.0
-        table = {code: value / total for code, value in lift.items()}
+        else:
+            # Observed over expected engagement (expected: in proportion to the products), each value starting
+            # from m pseudo-engagements at lift 1, so a rare value's few lucky clicks do not make it a favourite.
+            lift = {code: (eng.get(code, 0.0) + m) / (n_eng * n / n_cat + m) for code, n in cat.items()}
+            table = _normalised(lift) if self.mode == "relative" else _preference(lift, s)
         self._cache[key] = table
         return table
+
+
+def _normalised(table: dict[int, float]) -> dict[int, float]:
+    total = sum(table.values())
+    if total <= 0:
+        return {code: 1.0 / len(table) for code in table} if table else {}
+    return {code: value / total for code, value in table.items()}
+
+
+def _preference(lift: dict[int, float], s: float) -> dict[int, float]:
+    """q from lift_v = (1 + q_v K) / Z with K = e^s - 1 and sum q = 1: Z = (K + n) / sum(lift), negative q cut
+    to 0, then PREFERENCE_FLOOR of the mass spread evenly."""
+    if not lift:
+        return {}
+    k = math.expm1(s)
+    z = (k + len(lift)) / sum(lift.values())
+    q = _normalised({code: max(value * z - 1.0, 0.0) / k for code, value in lift.items()})
+    even = PREFERENCE_FLOOR / len(lift)
+    return {code: (1.0 - PREFERENCE_FLOOR) * value + even for code, value in q.items()}
 
 
 def features(
@@ -285,7 +318,7 @@ def features(
             code = item_codes[i][a]
             if code == MISSING:
                 continue
-            table = priors.table(leaf, a, uniform=uniform_prior)
+            table = priors.table(leaf, a, uniform=uniform_prior, strength=lam)
             row = rows[i]
             if row != exclude and row in engaged:
                 logits = _minus(base, own[row])

@@ -42,6 +42,7 @@ from shangpin.errors import ConfigError, DataError, IncompatibleModelError, NotF
 from shangpin.ranking.catalog import MISSING, RankCatalog
 from shangpin.ranking.features import (
     POSITION_BUCKETS,
+    TASTE_PRIORS,
     Choice,
     Evidence,
     Priors,
@@ -163,8 +164,9 @@ class RankModel(Params):
         link: how a product's attribute evidence enters its choice odds: "marginal" (default) averages
             exp(beta_a [value matches]) over the match, which is uncertain with probability x_a: 1 + x_a (e^beta_a - 1);
             "linear" uses exp(beta_a x_a), its first-order form (models trained before this option).
-        taste_prior: the shop-wide taste that training's x_a start from: "relative" (default): how much more
-            often each value is engaged with than the catalog offers it; "share": the plain engagement share
+        taste_prior: the shop-wide taste that training's x_a start from (see `features.Priors`): "preference"
+            (default): the share of shoppers wanting each value, solved from how much more often it is engaged
+            with than the catalog offers it; "relative": that ratio itself; "share": the plain engagement share
             (models trained before this option), which credits a common value with the popularity of its products.
         seed: random seed for sampled comparison products.
     """
@@ -186,7 +188,7 @@ class RankModel(Params):
         base_weight: float = 1.0,
         gain: float = 5.0,
         link: str = "marginal",
-        taste_prior: str = "relative",
+        taste_prior: str = "preference",
         seed: int = 13,
     ) -> None:
         self.iterations = iterations
@@ -209,7 +211,7 @@ class RankModel(Params):
         "choice_model": ("multinomial", "binary", "auto"),
         "rank_prior": ("uniform", "learned"),
         "link": ("marginal", "linear"),
-        "taste_prior": ("relative", "share"),
+        "taste_prior": TASTE_PRIORS,
     }
 
     def _check_params(self) -> None:
@@ -226,7 +228,7 @@ class RankModel(Params):
         self._check_params()
         self.catalog_ = catalog
         self.matcher_ = QueryMatcher(catalog)
-        self.priors_ = Priors(catalog, relative=self.taste_prior == "relative")
+        self.priors_ = Priors(catalog, mode=self.taste_prior)
         self.nodes_: dict[int, NodeFit] = {}
         self.t_ref_ = 0.0
         self.train_info_: dict[str, Any] = {"n_events": 0, "n_sessions": 0, "n_choices": 0, "updates": 0}
@@ -552,7 +554,7 @@ class RankModel(Params):
         with np.load(path / "catalog.npz", allow_pickle=False) as arrays:
             model.catalog_ = RankCatalog.from_saved(arrays, state["catalog"])
         model.matcher_ = QueryMatcher(model.catalog_)
-        model.priors_ = Priors(model.catalog_, relative=model.taste_prior == "relative")
+        model.priors_ = Priors(model.catalog_, mode=model.taste_prior)
         for leaf, a, items in state["priors"]:
             model.priors_.engaged[(int(leaf), int(a))] = {int(c): float(v) for c, v in items}
         model.nodes_ = {
