@@ -167,6 +167,23 @@ def test_save_load_roundtrip(model: RankModel, simulation: Simulation, tmp_path:
         assert loaded.rank(request).ranking == model.rank(request).ranking
 
 
+def test_model_saved_before_the_new_options_ranks_as_before(
+    catalog: RankCatalog, simulation: Simulation, tmp_path: Path
+) -> None:
+    old = RankModel(gain=0.0, link="linear", taste_prior="share").fit(catalog, simulation.events)
+    old.save(tmp_path / "rank")
+    meta_path = tmp_path / "rank" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for name in ("gain", "link", "taste_prior"):
+        del meta["params"][name]  # as written before these options existed
+    meta_path.write_text(json.dumps(meta))
+    loaded = RankModel.load(tmp_path / "rank")
+    assert (loaded.gain, loaded.link, loaded.taste_prior) == (0.0, "linear", "share")
+    assert loaded.priors_.mode == "share"
+    for request in simulation.requests[:20]:
+        assert loaded.rank(request).ranking == old.rank(request).ranking
+
+
 def test_not_fitted_and_missing_model(tmp_path: Path) -> None:
     with pytest.raises(NotFittedError, match="shangpin rank train"):
         RankModel().importance()
