@@ -216,6 +216,17 @@ def test_freeze_embeddings_keeps_the_word_embeddings_out_of_training() -> None:
     assert free["trainable_params"] - frozen["trainable_params"] == vocabulary_rows_times_width
 
 
+def test_layer_decay_depth_counts_layers_down_from_the_head() -> None:
+    from shangpin.stages.extract_attributes.training import _depth_from_top
+
+    assert _depth_from_top("classifier.weight", 4) == 0
+    assert _depth_from_top("bert.encoder.layer.3.output.dense.weight", 4) == 1
+    assert _depth_from_top("bert.encoder.layer.0.attention.self.query.bias", 4) == 4
+    lora = "base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.default.weight"
+    assert _depth_from_top(lora, 4) == 3
+    assert _depth_from_top("bert.embeddings.LayerNorm.weight", 4) == 5
+
+
 def test_value_mask_hides_only_value_words_and_changes_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     from shangpin.stages.extract_attributes import training
 

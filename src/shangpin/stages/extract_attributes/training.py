@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,15 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_t
     return model
 
 
+def _depth_from_top(name: str, n_layers: int) -> int:
+    """How many layers below the head a parameter sits: 0 for the head, i for the i-th layer from the top,
+    n_layers for the embeddings (layer-wise learning-rate decay scales the rate by decay ** depth)."""
+    match = re.search(r"\.layer\.(\d+)\.", name)
+    if match:
+        return max(n_layers - int(match.group(1)), 1)
+    return n_layers + 1 if "embeddings" in name else 0
+
+
 def _bucketed(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar lengths: less padding, so each step costs less on a CPU."""
     order = list(range(len(lengths)))
@@ -76,6 +86,7 @@ def train_token_classifier(
     seed: int,
     stage: str,
     freeze_embeddings: bool = True,
+    layer_decay: float = 1.0,
 ) -> dict[str, float]:
     """Train with AdamW and linear warm-up/decay on length-bucketed batches.
 
@@ -96,13 +107,13 @@ def train_token_classifier(
         model.get_input_embeddings().weight.requires_grad_(False)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {
-            "params": [p for n, p in trainable if not any(k in n for k in no_decay)],
-            "weight_decay": weight_decay,
-        },
-        {"params": [p for n, p in trainable if any(k in n for k in no_decay)], "weight_decay": 0.0},
-    ]
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0))
+    grouped: dict[tuple[float, float], list[Any]] = {}
+    for name, param in trainable:
+        scale = layer_decay ** _depth_from_top(name, n_layers)
+        key = (learning_rate * scale, 0.0 if any(k in name for k in no_decay) else weight_decay)
+        grouped.setdefault(key, []).append(param)
+    groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in grouped.items()]
     opt = torch.optim.AdamW(groups, lr=learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
     model.train()
