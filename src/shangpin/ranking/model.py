@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DAY = 86400.0
 ROOT_PRECISION = 1.0
+"""Precision of the zero-mean prior of top-level nodes (and of the first pass's parent tie under "auto")."""
 MAX_COEFFICIENT = 30.0
 """Coefficients are capped here inside exp() so that a degenerate fit cannot overflow."""
-"""Precision of the zero-mean prior of top-level nodes (and of the first pass's parent tie under "auto")."""
 
 
 @dataclass

@@ -53,7 +53,7 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_t
 
 def _depth_from_top(name: str, n_layers: int) -> int:
     """How many layers below the head a parameter sits: 0 for the head, i for the i-th layer from the top,
-    n_layers for the embeddings (layer-wise learning-rate decay scales the rate by decay ** depth)."""
+    n_layers + 1 for the embeddings (layer-wise learning-rate decay scales the rate by decay ** depth)."""
     match = re.search(r"\.layer\.(\d+)\.", name)
     if match:
         return max(n_layers - int(match.group(1)), 1)
