@@ -272,6 +272,30 @@ def test_taste_prior_divides_out_how_common_a_value_is(catalog: RankCatalog) -> 
     assert math.isclose(sum(table.values()), 1.0)
 
 
+@pytest.mark.parametrize("mode", ["preference", "relative"])
+def test_own_engagement_can_be_left_out_of_a_products_prior(
+    catalog: RankCatalog, simulation: Simulation, mode: str
+) -> None:
+    priors = Priors(catalog, mode=mode)
+    leaf = int(catalog.leaf[0])
+    a = next(a for a in catalog.node_attributes[leaf] if len(priors.catalog_counts[(leaf, a)]) > 2)
+    rows = [int(r) for r in catalog.rows_in_leaf(leaf)]
+    priors.add_engagement(catalog, Evidence(product_weight={r: 1.0 for r in rows}))
+    star = rows[0]  # one product clicked far more than the rest lifts its value's prior
+    priors.add_engagement(catalog, Evidence(product_weight={star: 2.0}), decay=10.0)
+    code = int(catalog.codes[star, a])
+    full = priors.table(leaf, a, strength=2.0)[code]
+    assert priors.product_engaged[star] == pytest.approx(21.0)
+    assert priors.own_out(leaf, a, code, 0.0, 2.0, full) == full
+    alone = priors.own_out(leaf, a, code, priors.product_engaged[star], 2.0, full)
+    assert alone < full
+    if mode == "relative":  # its own clicks out, the value is back at lift 1 among values at lift 1
+        assert alone == pytest.approx(1 / len(priors.catalog_counts[(leaf, a)]), rel=0.05)
+    if mode == "preference":
+        fitted = RankModel(prior_own_out=True).fit(catalog, simulation.events)
+        assert all(math.isclose(sum(w.values()), 1.0, abs_tol=1e-4) for w in fitted.importance().values())
+
+
 def test_preference_prior_inverts_the_lift_of_wanted_values() -> None:
     # Shoppers want value 0, 1, 2 with shares q; wanting v multiplies v's engagement odds by e^s.
     q = {0: 0.6, 1: 0.3, 2: 0.1}

@@ -62,6 +62,13 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def takes_token_types(model: Any) -> bool:
+    """Whether a Hugging Face model's forward reads token_type_ids (BERT does, MPNet has no segment embedding)."""
+    import inspect
+
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
 def export_onnx(
     model: torch.nn.Module,
     out_file: Path,
@@ -98,6 +105,12 @@ def export_onnx(
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            if not takes_token_types(self.inner):
+                # MPNet and the like have no segment embedding; the graph keeps the input (always zeros) so
+                # that every model is fed the same way.
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask)[output] + (
+                    0 * token_type_ids[:, :, None]
+                ).to(torch.float32)
             return self.inner(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             )[output]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shangpin.encoders import default_encoder_path
-from shangpin.errors import DataError
+from shangpin.errors import ConfigError, DataError
 from shangpin.records import AttributeValue, CategoryPrediction, Product
 from shangpin.stages.extract_attributes import AttributeExtractor
 from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode
@@ -268,3 +268,35 @@ def test_models_saved_before_the_prefix_option_keep_reading_the_category(
     del state["category_prefix"]
     state_file.write_text(json.dumps(state))
     assert AttributeExtractor.load(tmp_path / "m").encoder_.category_prefix is True
+
+
+def _tiny_mpnet(folder: Path) -> Path:
+    """A tiny randomly initialised MPNet checkpoint (no token-type embeddings, RoBERTa-style special tokens)
+    with MiniLM's word-piece vocabulary, the special tokens renamed <s>, </s>, <pad>, <mask>."""
+    from transformers import MPNetConfig, MPNetModel
+
+    text = (default_encoder_path() / "tokenizer.json").read_text(encoding="utf-8")
+    for bert, roberta in (("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"), ("[MASK]", "<mask>")):
+        text = text.replace(json.dumps(bert), json.dumps(roberta))
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+    vocab = len(json.loads(text)["model"]["vocab"])
+    config = MPNetConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        pad_token_id=0,
+    )  # fmt: skip
+    MPNetModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_encoder_without_token_types_trains_and_predicts(tmp_path: Path) -> None:
+    encoder = _tiny_mpnet(tmp_path / "mpnet")
+    params = {**AttributeExtractor.test_params, "epochs": 2, "encoder": str(encoder)}
+    stage = AttributeExtractor(**params).fit(tiny_products(12))
+    assert stage.encoder_.cls_id == 101 and stage.encoder_.pad_id == 0  # found under their RoBERTa names
+    products = tiny_products(12)
+    for p, pred in zip(products, stage.predict(products), strict=True):
+        for av in pred.values():
+            assert getattr(p, av.field)[av.start : av.end] == av.value
+    with pytest.raises(ConfigError, match="case_features needs an encoder with token-type"):
+        AttributeExtractor(**params, case_features=True).fit(tiny_products(12))

@@ -173,7 +173,7 @@ def session_evidence(
     return ev
 
 
-TASTE_PRIORS = ("preference", "relative", "share")
+TASTE_PRIORS = ("preference", "relative", "share", "uniform")
 PREFERENCE_FLOOR = 0.2
 """Share of the "preference" prior spread evenly, so that no value is ruled out before a session speaks."""
 
@@ -206,6 +206,8 @@ class Priors:
         # (leaf, attribute) -> {code: count}; catalog counts and engagement counts.
         self.catalog_counts: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
         self.engaged: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+        self.product_engaged: dict[int, float] = {}
+        """row -> its own (weighted, decayed) engagement, to leave out of its own value's prior."""
         for leaf, row in zip(catalog.leaf.tolist(), catalog.codes.tolist(), strict=True):
             for a in range(n_attr):
                 code = row[a]
@@ -214,6 +216,7 @@ class Priors:
                     bucket[code] = bucket.get(code, 0.0) + 1.0
         self._cache: dict[tuple[int, int, float], dict[int, float]] = {}
         self._uniform_cache: dict[tuple[int, int], dict[int, float]] = {}
+        self._own_cache: dict[tuple[int, int, float], tuple[float, ...]] = {}
 
     def _uniform(self, leaf: int, a: int) -> dict[int, float]:
         key = (leaf, a)
@@ -227,23 +230,28 @@ class Priors:
         """Count a session's engaged products' values (weighted, decayed by the session's age)."""
         for row, weight in ev.product_weight.items():
             leaf = int(catalog.leaf[row])
+            self.product_engaged[row] = self.product_engaged.get(row, 0.0) + weight * decay
             for a, code in enumerate(catalog.codes[row].tolist()):
                 if code != MISSING:
                     bucket = self.engaged[(leaf, a)]
                     bucket[code] = bucket.get(code, 0.0) + weight * decay
         self._cache.clear()
+        self._own_cache.clear()
 
     def decay(self, factor: float) -> None:
         for bucket in self.engaged.values():
             for code in bucket:
                 bucket[code] *= factor
+        for row in self.product_engaged:
+            self.product_engaged[row] *= factor
         self._cache.clear()
+        self._own_cache.clear()
 
     def table(self, leaf: int, a: int, *, uniform: bool = False, strength: float = 1.0) -> dict[int, float]:
         """code -> prior probability for one leaf and attribute (`uniform`: equal over the leaf's values).
 
         `strength` is the attribute's choice coefficient s, which the "preference" reading needs."""
-        if uniform:
+        if uniform or self.mode == "uniform":
             return self._uniform(leaf, a)
         s = round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
         key = (leaf, a, s)
@@ -264,6 +272,39 @@ class Priors:
             table = _normalised(lift) if self.mode == "relative" else _preference(lift, s)
         self._cache[key] = table
         return table
+
+    def own_out(self, leaf: int, a: int, code: int, own: float, strength: float, full: float) -> float:
+        """The prior of `code` with `own` engagement (one product's) taken out of its count: a product's own
+        clicks must not make its value look wanted, or a value held by few products becomes a stand-in for
+        their popularity. The other values' priors and the normaliser stay as in the full table (`full`: this
+        value's entry there); "share" and "uniform" priors are returned unchanged."""
+        if own <= 0 or self.mode not in ("preference", "relative"):
+            return full
+        s = round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
+        key = (leaf, a, s)
+        sums = self._own_cache.get(key)
+        if sums is None:
+            cat = self.catalog_counts.get((leaf, a), {})
+            eng = self.engaged.get((leaf, a), {})
+            n_cat = sum(cat.values()) or 1.0
+            n_eng = sum(eng.values())
+            m = self.smoothing
+            lifts = [(eng.get(c, 0.0) + m) / (n_eng * n / n_cat + m) for c, n in cat.items()]
+            k = math.expm1(s) if s else 1.0
+            z = (k + len(lifts)) / (sum(lifts) or 1.0)
+            q_sum = sum(max(v * z - 1.0, 0.0) for v in lifts) / k
+            sums = self._own_cache[key] = (n_cat, n_eng, sum(lifts) or 1.0, float(len(lifts)), k, z, q_sum)
+        n_cat, n_eng, lift_sum, n_values, k, z, q_sum = sums
+        m = self.smoothing
+        n_v = self.catalog_counts.get((leaf, a), {}).get(code, 0.0)
+        eng_v = self.engaged.get((leaf, a), {}).get(code, 0.0)
+        own_lift = (max(eng_v - own, 0.0) + m) / (max(n_eng - own, 0.0) * n_v / n_cat + m)
+        if self.mode == "relative":
+            return own_lift / lift_sum
+        if q_sum <= 0:
+            return full
+        q = max(own_lift * z - 1.0, 0.0) / k / q_sum
+        return (1.0 - PREFERENCE_FLOOR) * q + PREFERENCE_FLOOR / n_values
 
 
 def _normalised(table: dict[int, float]) -> dict[int, float]:
@@ -295,6 +336,7 @@ def features(
     exclude: int | None = None,
     *,
     uniform_prior: bool = False,
+    own_out: bool = False,
 ) -> np.ndarray:
     """x_a(i) for each row (product) and attribute: (len(rows), len(attributes)) float32.
 
@@ -326,7 +368,10 @@ def features(
             else:
                 logits = base
                 z = norms.get(leaf) or norms.setdefault(leaf, _norm(table, base))
-            out[i, j] = table.get(code, 0.0) * exp(min(logits.get(code, 0.0), MAX_EXPONENT)) / z
+            p = table.get(code, 0.0)
+            if own_out and not uniform_prior:
+                p = priors.own_out(leaf, a, code, priors.product_engaged.get(row, 0.0), lam, p)
+            out[i, j] = p * exp(min(logits.get(code, 0.0), MAX_EXPONENT)) / z
     return out
 
 

@@ -59,22 +59,27 @@ class Encoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.cls_id = self._special("[CLS]")
-        self.sep_id = self._special("[SEP]")
-        self.pad_id = self._special("[PAD]")
-        self.mask_id: int | None = self.tokenizer.token_to_id("[MASK]")
+        # BERT-style names first, then RoBERTa/MPNet-style ones (<s> text </s>), which read the same way here.
+        self.cls_id = self._special("[CLS]", "<s>")
+        self.sep_id = self._special("[SEP]", "</s>")
+        self.pad_id = self._special("[PAD]", "<pad>")
+        self.mask_id: int | None = next(
+            (tid for t in ("[MASK]", "<mask>") if (tid := self.tokenizer.token_to_id(t)) is not None), None
+        )
         self.max_length = max_length
         self.use_description = use_description
         self.case_features = case_features
         self.category_prefix = category_prefix
 
-    def _special(self, token: str) -> int:
-        tid = self.tokenizer.token_to_id(token)
-        if tid is None:
-            raise ConfigError(
-                f"the encoder's tokenizer has no {token} token; expected a BERT-style (WordPiece) checkpoint"
-            )
-        return int(tid)
+    def _special(self, *tokens: str) -> int:
+        for token in tokens:
+            tid = self.tokenizer.token_to_id(token)
+            if tid is not None:
+                return int(tid)
+        raise ConfigError(
+            f"the encoder's tokenizer has none of the special tokens {' / '.join(tokens)}; expected a BERT- or "
+            "RoBERTa-style checkpoint folder with a tokenizer.json"
+        )
 
     def encode(self, products: Sequence[Product], categories: Sequence[str]) -> list[Sequence_]:
         """Sequences for a batch; a product yields one sequence, more when its description is long."""

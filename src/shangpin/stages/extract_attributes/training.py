@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from shangpin._progress import track
-from shangpin.encoders import num_threads
+from shangpin.encoders import num_threads, takes_token_types
+from shangpin.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,13 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_t
     if 0 < num_layers < len(layers):
         base.encoder.layer = torch.nn.ModuleList(list(layers)[:num_layers])
         model.config.num_hidden_layers = num_layers
-    types = base.embeddings.token_type_embeddings
-    if n_token_types > types.num_embeddings:
+    types = getattr(base.embeddings, "token_type_embeddings", None)
+    if n_token_types and types is None:
+        raise ConfigError(
+            f"case_features needs an encoder with token-type (segment) embeddings; {encoder} has none "
+            "(MPNet-style). Set case_features=false or use a BERT-style encoder."
+        )
+    if types is not None and n_token_types > types.num_embeddings:
         grown = torch.nn.Embedding(n_token_types, types.embedding_dim)
         with torch.no_grad():
             grown.weight[: types.num_embeddings] = types.weight
@@ -116,6 +122,7 @@ def train_token_classifier(
     groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in grouped.items()]
     opt = torch.optim.AdamW(groups, lr=learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
+    with_types = takes_token_types(model)
     model.train()
     t0 = time.perf_counter()
     loss_value = float("nan")
@@ -123,12 +130,10 @@ def train_token_classifier(
         losses = []
         for batch in _bucketed(lengths, batch_size, rng):
             ids, mask, types, labels = batches_of(batch)
-            out = model(
-                input_ids=torch.from_numpy(ids),
-                attention_mask=torch.from_numpy(mask),
-                token_type_ids=torch.from_numpy(types),
-                labels=torch.from_numpy(labels),
-            )
+            inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+            if with_types:
+                inputs["token_type_ids"] = torch.from_numpy(types)
+            out = model(**inputs, labels=torch.from_numpy(labels))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
