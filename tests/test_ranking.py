@@ -24,7 +24,7 @@ from shangpin.ranking import (
     request_from_dict,
 )
 from shangpin.ranking.catalog import RankCatalog, ancestors, build_catalog
-from shangpin.ranking.features import PREFERENCE_FLOOR, Evidence, Priors, _preference
+from shangpin.ranking.features import MAX_EXPONENT, PREFERENCE_FLOOR, Evidence, Priors, _norm, _preference
 from shangpin.ranking.model import NodeFit, _contributions, _fit_node
 from shangpin.ranking.simulate import Simulation, Simulator
 from shangpin.records import AttributeValue, CategoryPrediction, Event, Product
@@ -103,6 +103,18 @@ def test_learned_weights_follow_hidden_weights(model: RankModel, simulation: Sim
         rhos.append(spearmanr([hidden[n] for n in names], [learned[path][n] for n in names]).statistic)
     assert len(rhos) >= 3
     assert statistics.fmean(rhos) > 0.5, rhos
+
+
+def test_evidence_strength_has_a_floor(
+    model: RankModel, catalog: RankCatalog, simulation: Simulation
+) -> None:
+    leaf = int(catalog.leaf[0])
+    fitted = [a for node in catalog.lineage(leaf) for a in model.nodes_[node].attributes]
+    assert model.min_strength == 2.5
+    assert (model._strength(leaf)[fitted] >= 2.5).all()
+    # Without the floor a weak attribute's evidence is as weak as its coefficient.
+    unfloored = RankModel(min_strength=0.0).fit(catalog, simulation.events)
+    assert (unfloored._strength(leaf)[fitted] < 2.5).any()
 
 
 def test_ranking_beats_random_and_equal_weights_are_worse(model: RankModel, simulation: Simulation) -> None:
@@ -294,6 +306,18 @@ def test_own_engagement_can_be_left_out_of_a_products_prior(
     if mode == "preference":
         fitted = RankModel(prior_own_out=True).fit(catalog, simulation.events)
         assert all(math.isclose(sum(w.values()), 1.0, abs_tol=1e-4) for w in fitted.importance().values())
+
+
+def test_posterior_normaliser_survives_strong_evidence_against_every_value() -> None:
+    table = {0: 0.25, 1: 0.25, 2: 0.5}
+    # Strong evidence against the two values with evidence; value 2 has none (logit 0).
+    assert _norm(table, {0: -900.0, 1: -800.0}) == pytest.approx(math.log(0.5))
+    # Against every value: the log-normaliser follows the least unlikely one instead of cancelling to 0.
+    assert _norm(table, {0: -900.0, 1: -800.0, 2: -850.0}) == pytest.approx(math.log(0.25) - 800.0)
+    # Ordinary evidence: log of sum_v prior(v) e^logit(v).
+    expected = math.log(0.25 * math.e**2 + 0.25 + 0.5 * math.exp(-1.0))
+    assert _norm(table, {0: 2.0, 2: -1.0}) == pytest.approx(expected)
+    assert _norm(table, {0: 1e6}) == pytest.approx(math.log(0.25) + MAX_EXPONENT)
 
 
 def test_preference_prior_inverts_the_lift_of_wanted_values() -> None:

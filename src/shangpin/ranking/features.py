@@ -367,11 +367,11 @@ def features(
                 z = _norm(table, logits)
             else:
                 logits = base
-                z = norms.get(leaf) or norms.setdefault(leaf, _norm(table, base))
+                z = norms[leaf] if leaf in norms else norms.setdefault(leaf, _norm(table, base))
             p = table.get(code, 0.0)
             if own_out and not uniform_prior:
                 p = priors.own_out(leaf, a, code, priors.product_engaged.get(row, 0.0), lam, p)
-            out[i, j] = p * exp(min(logits.get(code, 0.0), MAX_EXPONENT)) / z
+            out[i, j] = p * exp(min(logits.get(code, 0.0), MAX_EXPONENT) - z)
     return out
 
 
@@ -385,10 +385,26 @@ def _minus(total: dict[int, float], part: dict[int, float] | None) -> dict[int, 
 
 
 def _norm(table: dict[int, float], logits: dict[int, float]) -> float:
-    """sum_v prior(v) exp(logit(v)); values without evidence have logit 0."""
-    return 1.0 + sum(
-        table.get(code, 0.0) * (math.exp(min(value, MAX_EXPONENT)) - 1.0) for code, value in logits.items()
-    )
+    """log sum_v prior(v) exp(logit(v)) (values without evidence have logit 0), shifted by the largest term so
+    that a session whose every value carries strong negative evidence does not cancel to 0."""
+    covered = 0.0
+    top = -math.inf
+    for code, value in logits.items():
+        weight = table.get(code, 0.0)
+        if weight > 0.0:
+            covered += weight
+            top = max(top, min(value, MAX_EXPONENT))
+    rest = max(1.0 - covered, 0.0)  # prior mass of the values with no evidence (logit 0)
+    if rest > 1e-12:
+        top = max(top, 0.0)
+    if top == -math.inf:
+        return 0.0
+    total = rest * math.exp(-top) if rest > 1e-12 else 0.0
+    for code, value in logits.items():
+        weight = table.get(code, 0.0)
+        if weight > 0.0:
+            total += weight * math.exp(min(value, MAX_EXPONENT) - top)
+    return top + math.log(total) if total > 0.0 else top
 
 
 @dataclass
