@@ -173,8 +173,8 @@ class RankModel(Params):
         prior_own_out: leave each product's own engagement out of its value's taste prior in training, so that a
             value held by a few popular products does not stand in for their popularity. Off by default: over
             three simulator seeds it raised importance recovery on the fashion catalog (Spearman 0.55 -> 0.67
-            under the shifted click model) but lowered it on the demo catalog (0.75 -> 0.71 under the shifted one), and NDCG@10 by
-            about 0.002 (docs/BENCHMARKS.md).
+            under the shifted click model) but lowered it on the demo catalog (0.75 -> 0.71 under the shifted
+            one), and NDCG@10 by about 0.002 (docs/BENCHMARKS.md).
         min_strength: floor on the evidence strength of one engagement (the s of `features`), in training and
             ranking. The strength is the attribute's own coefficient, and a weak attribute's small coefficient
             made its x nearly flat; the coefficient fitted on a nearly flat x is then large (a small wobble needs
