@@ -268,7 +268,7 @@ class Priors:
         else:
             # Observed over expected engagement (expected: in proportion to the products), each value starting
             # from m pseudo-engagements at lift 1, so a rare value's few lucky clicks do not make it a favourite.
-            lift = {code: (eng.get(code, 0.0) + m) / (n_eng * n / n_cat + m) for code, n in cat.items()}
+            lift = {code: _lift(eng.get(code, 0.0), n_eng, n / n_cat, m) for code, n in cat.items()}
             table = _normalised(lift) if self.mode == "relative" else _preference(lift, s)
         self._cache[key] = table
         return table
@@ -289,7 +289,7 @@ class Priors:
             n_cat = sum(cat.values()) or 1.0
             n_eng = sum(eng.values())
             m = self.smoothing
-            lifts = [(eng.get(c, 0.0) + m) / (n_eng * n / n_cat + m) for c, n in cat.items()]
+            lifts = [_lift(eng.get(c, 0.0), n_eng, n / n_cat, m) for c, n in cat.items()]
             k = math.expm1(s) if s else 1.0
             z = (k + len(lifts)) / (sum(lifts) or 1.0)
             q_sum = sum(max(v * z - 1.0, 0.0) for v in lifts) / k
@@ -298,13 +298,18 @@ class Priors:
         m = self.smoothing
         n_v = self.catalog_counts.get((leaf, a), {}).get(code, 0.0)
         eng_v = self.engaged.get((leaf, a), {}).get(code, 0.0)
-        own_lift = (max(eng_v - own, 0.0) + m) / (max(n_eng - own, 0.0) * n_v / n_cat + m)
+        own_lift = _lift(max(eng_v - own, 0.0), max(n_eng - own, 0.0), n_v / n_cat, m)
         if self.mode == "relative":
             return own_lift / lift_sum
         if q_sum <= 0:
             return full
         q = max(own_lift * z - 1.0, 0.0) / k / q_sum
         return (1.0 - PREFERENCE_FLOOR) * q + PREFERENCE_FLOOR / n_values
+
+
+def _lift(engaged: float, n_engaged: float, share: float, m: float) -> float:
+    """A value's engagement over what its share of the products would draw, from m pseudo-engagements at 1."""
+    return (engaged + m) / (n_engaged * share + m)
 
 
 def _normalised(table: dict[int, float]) -> dict[int, float]:
