@@ -253,7 +253,7 @@ class Priors:
         `strength` is the attribute's choice coefficient s, which the "preference" reading needs."""
         if uniform or self.mode == "uniform":
             return self._uniform(leaf, a)
-        s = round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
+        s = self._strength_key(strength)
         key = (leaf, a, s)
         cached = self._cache.get(key)
         if cached is not None:
@@ -273,6 +273,11 @@ class Priors:
         self._cache[key] = table
         return table
 
+    def _strength_key(self, strength: float) -> float:
+        """The coefficient s as the "preference" reading uses it (clamped, rounded so that tables can be cached);
+        0 for the other readings, which do not depend on it."""
+        return round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
+
     def own_out(self, leaf: int, a: int, code: int, own: float, strength: float, full: float) -> float:
         """The prior of `code` with `own` engagement (one product's) taken out of its count: a product's own
         clicks must not make its value look wanted, or a value held by few products becomes a stand-in for
@@ -280,7 +285,7 @@ class Priors:
         value's entry there); "share" and "uniform" priors are returned unchanged."""
         if own <= 0 or self.mode not in ("preference", "relative"):
             return full
-        s = round(min(max(strength, 0.05), 30.0), 3) if self.mode == "preference" else 0.0
+        s = self._strength_key(strength)
         key = (leaf, a, s)
         sums = self._own_cache.get(key)
         if sums is None:
@@ -290,9 +295,7 @@ class Priors:
             n_eng = sum(eng.values())
             m = self.smoothing
             lifts = [_lift(eng.get(c, 0.0), n_eng, n / n_cat, m) for c, n in cat.items()]
-            k = math.expm1(s) if s else 1.0
-            z = (k + len(lifts)) / (sum(lifts) or 1.0)
-            q_sum = sum(max(v * z - 1.0, 0.0) for v in lifts) / k
+            k, z, q_sum = _preference_scale(lifts, s) if s else (1.0, 0.0, 0.0)
             sums = self._own_cache[key] = (n_cat, n_eng, sum(lifts) or 1.0, float(len(lifts)), k, z, q_sum)
         n_cat, n_eng, lift_sum, n_values, k, z, q_sum = sums
         m = self.smoothing
@@ -319,13 +322,20 @@ def _normalised(table: dict[int, float]) -> dict[int, float]:
     return {code: value / total for code, value in table.items()}
 
 
+def _preference_scale(lifts: Sequence[float], s: float) -> tuple[float, float, float]:
+    """K = e^s - 1, Z = (K + n) / sum(lift) and sum_v max(lift_v Z - 1, 0) / K: q_v is the v-th term over the
+    sum (see `_preference`)."""
+    k = math.expm1(s)
+    z = (k + len(lifts)) / (sum(lifts) or 1.0)
+    return k, z, sum(max(v * z - 1.0, 0.0) for v in lifts) / k
+
+
 def _preference(lift: dict[int, float], s: float) -> dict[int, float]:
     """q from lift_v = (1 + q_v K) / Z with K = e^s - 1 and sum q = 1: Z = (K + n) / sum(lift), negative q cut
     to 0, then PREFERENCE_FLOOR of the mass spread evenly."""
     if not lift:
         return {}
-    k = math.expm1(s)
-    z = (k + len(lift)) / sum(lift.values())
+    k, z, _ = _preference_scale(list(lift.values()), s)
     q = _normalised({code: max(value * z - 1.0, 0.0) / k for code, value in lift.items()})
     even = PREFERENCE_FLOOR / len(lift)
     return {code: (1.0 - PREFERENCE_FLOOR) * value + even for code, value in q.items()}
