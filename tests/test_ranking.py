@@ -337,6 +337,12 @@ def test_preference_prior_inverts_the_lift_of_wanted_values() -> None:
 def test_misspelt_choice_is_refused(catalog: RankCatalog, simulation: Simulation) -> None:
     with pytest.raises(ConfigError, match=r"choice_model = 'binray'; expected one of 'multinomial'"):
         RankModel(choice_model="binray").fit(catalog, simulation.events)
+    with pytest.raises(ConfigError, match=r"min_strength = 'abc'; expected a number \(default 2.5\)"):
+        RankModel(min_strength="abc").fit(catalog, simulation.events)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"prior_own_out = 'yes'; expected true or false"):
+        RankModel(prior_own_out="yes").fit(catalog, simulation.events)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"min_strength = -1; expected a number >= 0"):
+        RankModel(min_strength=-1).fit(catalog, simulation.events)
 
 
 def test_request_parsing_errors() -> None:

@@ -235,6 +235,21 @@ class RankModel(Params):
     }
 
     def _check_params(self) -> None:
+        for name, default in self._param_defaults().items():
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if (isinstance(default, bool) and not isinstance(value, bool)) or (
+                isinstance(default, int | float) and not isinstance(default, bool) and not number
+            ):
+                kind = "true or false" if isinstance(default, bool) else "a number"
+                raise ConfigError(
+                    f"rank parameter {name} = {value!r}; expected {kind} (default {default!r}). "
+                    f"Fix the config file or the --set {name}=... override."
+                )
+        if self.min_strength < 0:
+            raise ConfigError(
+                f"rank parameter min_strength = {self.min_strength!r}; expected a number >= 0 (0 = no floor)."
+            )
         for name, allowed in self.CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
