@@ -265,9 +265,11 @@ def test_models_saved_before_the_prefix_option_keep_reading_the_category(
     assert AttributeExtractor.load(tmp_path / "m").encoder_.category_prefix is False
     state_file = tmp_path / "m" / AttributeExtractor.STATE_FILE
     state = json.loads(state_file.read_text())
-    del state["category_prefix"]
+    del state["category_prefix"], state["unreliable"]
     state_file.write_text(json.dumps(state))
-    assert AttributeExtractor.load(tmp_path / "m").encoder_.category_prefix is True
+    old = AttributeExtractor.load(tmp_path / "m")
+    assert old.encoder_.category_prefix is True
+    assert old.unreliable_ == {}  # saved before the reliability filter: every training value, as before
 
 
 def _tiny_mpnet(folder: Path) -> Path:
@@ -300,3 +302,37 @@ def test_encoder_without_token_types_trains_and_predicts(tmp_path: Path) -> None
             assert getattr(p, av.field)[av.start : av.end] == av.value
     with pytest.raises(ConfigError, match="case_features needs an encoder with token-type"):
         AttributeExtractor(**params, case_features=True).fit(tiny_products(12))
+
+
+def _cereal(pid: str, title: str, **attrs: str) -> Product:
+    return Product(
+        pid,
+        title,
+        category=CategoryPrediction("Cereal"),
+        attributes={k.replace("_", " "): AttributeValue(k.replace("_", " "), v) for k, v in attrs.items()},
+    )
+
+
+def test_dictionary_leaves_out_values_seldom_gold_where_they_occur() -> None:
+    products = [
+        _cereal("1", "Cheerios Cereal", Brand="Cheerios", Cereal_type="Cereal"),
+        _cereal("2", "Post Fruity Pebbles Cereal, 12 oz", Brand="Post"),
+        _cereal("3", "Kix Cereal Honey", Brand="Kix"),
+        _cereal("4", "Trix Cereal", Brand="Trix", Cereal_type="Puffs"),
+        _cereal("5", "Arrowhead Mills Organic Cereal", Brand="Arrowhead Mills"),
+        _cereal("6", "Udi's Granola, 11 oz", Brand="Udi's", Cereal_type="Granola"),
+    ]
+    stage = AttributeExtractor(dictionary_min_reliability=0.3)
+    stage._build_vocabulary(products)
+    # "Cereal" occurs in 5 titles and is the Cereal type of 1: (1 + 0.5) / (5 + 1) = 0.25 < 0.3.
+    assert stage.unreliable_ == {"Cereal": {"Cereal type": ["cereal"]}}
+    patterns = dict(stage._dictionary_patterns("Cereal"))
+    assert patterns["Cereal type"].search("Nature's Path Granola Cereal").group(0) == "Granola"  # type: ignore[union-attr]
+    assert patterns["Cereal type"].search("Crunchy Puffs Cereal").group(0) == "Puffs"  # type: ignore[union-attr]
+    assert patterns["Cereal type"].search("Honey Cereal") is None
+    assert patterns["Brand"].search("Post Cereal") is not None
+
+    every = AttributeExtractor(dictionary_min_reliability=0.0)
+    every._build_vocabulary(products)
+    assert every.unreliable_ == {}
+    assert dict(every._dictionary_patterns("Cereal"))["Cereal type"].search("Honey Cereal") is not None

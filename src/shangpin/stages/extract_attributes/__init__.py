@@ -71,6 +71,9 @@ class AttributeExtractor(Stage[Prediction]):
         pseudo_label_min_score: calibrated score a pseudo-label value needs.
         dictionary_fallback: when the tagger finds nothing for an attribute, return a training value of that
             attribute found verbatim in the text (scored by its precision on dev).
+        dictionary_min_reliability: a training value joins the fallback only if, in the training titles of its
+            category where it occurs, it is that attribute's gold value this often ((hits + 0.5) / (occurrences
+            + 1)): "Cereal" occurs in most cereal titles but is rarely their Cereal type. 0 = every value.
         quantize: ship an int8 ONNX model (per-channel weights, activation ranges fixed on training sequences)
             rather than fp32.
         layer_decay: layer-wise learning-rate decay: the head learns at `learning_rate`, each layer below at
@@ -98,6 +101,7 @@ class AttributeExtractor(Stage[Prediction]):
         attributes_: attribute names (label order).
         schema_: category path -> attributes known for it.
         values_: category -> attribute -> training values with counts.
+        unreliable_: category -> attribute -> lower-cased training values kept out of the dictionary fallback.
         calibration_: (x, y) points of the isotonic calibration of raw span scores.
         threshold_: the threshold in use.
     """
@@ -139,6 +143,7 @@ class AttributeExtractor(Stage[Prediction]):
         pseudo_label_file: str = "",
         pseudo_label_min_score: float = 0.9,
         dictionary_fallback: bool = True,
+        dictionary_min_reliability: float = 0.3,
         quantize: bool = True,
         freeze_embeddings: bool = False,
         layer_decay: float = 1.0,
@@ -169,6 +174,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.pseudo_label_file = pseudo_label_file
         self.pseudo_label_min_score = pseudo_label_min_score
         self.dictionary_fallback = dictionary_fallback
+        self.dictionary_min_reliability = dictionary_min_reliability
         self.quantize = quantize
         self.freeze_embeddings = freeze_embeddings
         self.layer_decay = layer_decay
@@ -193,6 +199,7 @@ class AttributeExtractor(Stage[Prediction]):
             (self.augment_swap >= 0, "augment_swap must be >= 0"),
             (0.0 <= self.value_mask < 1.0, "value_mask must be in [0, 1)"),
             (self.threshold <= 1.0, "threshold must be <= 1 (negative = tune on dev)"),
+            (0.0 <= self.dictionary_min_reliability <= 1.0, "dictionary_min_reliability must be in [0, 1]"),
             (self.lora_rank >= 0, "lora_rank must be >= 0 (0 = full fine-tuning)"),
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
@@ -280,6 +287,12 @@ class AttributeExtractor(Stage[Prediction]):
         self.values_: dict[str, dict[str, dict[str, int]]] = {
             c: {a: dict(cnt) for a, cnt in d.items()} for c, d in values.items()
         }
+        # Reliability is counted with every value in the patterns, then the patterns are rebuilt without the
+        # unreliable ones (and without values of an earlier vocabulary: fit builds one for dev, then the full one).
+        self.unreliable_: dict[str, dict[str, list[str]]] = {}
+        self.__dict__.pop("_dict_cache", None)
+        self.unreliable_ = self._unreliable_values(labelled)
+        self.__dict__.pop("_dict_cache", None)
         self.labels_ = ["O"] + [f"{bi}-{a}" for a in self.attributes_ for bi in ("B", "I")]
         self.edges_: EdgeRules | None = EdgeRules.learn(
             (p.text(f), v)
@@ -290,6 +303,29 @@ class AttributeExtractor(Stage[Prediction]):
             for f in (FIELDS if self.use_description else FIELDS[:1])
             if v in p.text(f)
         )
+
+    def _unreliable_values(self, labelled: Sequence[Product]) -> dict[str, dict[str, list[str]]]:
+        """Training values that, where they occur in a training title of their category, are seldom the gold
+        value of their attribute (see `dictionary_min_reliability`): the fallback would mostly return them wrongly."""
+        if self.dictionary_min_reliability <= 0:
+            return {}
+        occurs: Counter[tuple[str, str, str]] = Counter()
+        hits: Counter[tuple[str, str, str]] = Counter()
+        for p in labelled:
+            cat = p.category_path or ""
+            for name, pattern in self._dictionary_patterns(cat):
+                gold = p.attributes.get(name)
+                golds = (
+                    set() if gold is None else {v.strip().lower() for v in (gold.value, *gold.alternatives)}
+                )
+                for found in {m.group(0).lower() for m in pattern.finditer(p.title)}:
+                    occurs[(cat, name, found)] += 1
+                    hits[(cat, name, found)] += found in golds
+        out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for key, n in sorted(occurs.items()):
+            if (hits[key] + 0.5) / (n + 1) < self.dictionary_min_reliability:
+                out[key[0]][key[1]].append(key[2])
+        return {c: dict(d) for c, d in out.items()}
 
     def _augment(self, products: Sequence[Product], rng: random.Random) -> list[Product]:
         """Value swapping: copies where each value found in the title becomes another value of its attribute."""
@@ -600,10 +636,14 @@ class AttributeExtractor(Stage[Prediction]):
         cache: dict[str, list[tuple[str, re.Pattern[str]]]] = self.__dict__.setdefault("_dict_cache", {})
         if category not in cache:
             pats = []
+            unreliable = self.unreliable_.get(category, {})
             for name, values in self.values_.get(category, {}).items():
+                skip = set(unreliable.get(name, ()))
                 # Longest first, so that at one position "Navy Blue" wins over "Navy"; values under 3
                 # characters match too much by accident.
-                alts = sorted((v for v in values if len(v) >= 3), key=len, reverse=True)
+                alts = sorted(
+                    (v for v in values if len(v) >= 3 and v.lower() not in skip), key=len, reverse=True
+                )
                 if alts:
                     body = "|".join(re.escape(v) for v in alts)
                     pats.append((name, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
@@ -653,6 +693,7 @@ class AttributeExtractor(Stage[Prediction]):
             "labels": self.labels_,
             "schema": self.schema_,
             "values": self.values_,
+            "unreliable": self.unreliable_,
             "calibration": self.calibration_,
             "dictionary_precision": self.dictionary_precision_,
             "threshold": self.threshold_,
@@ -670,6 +711,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.labels_ = state["labels"]
         self.schema_ = state["schema"]
         self.values_ = state["values"]
+        self.unreliable_ = state.get("unreliable", {})  # models saved before: every training value
         self.calibration_ = (state["calibration"][0], state["calibration"][1])
         self.dictionary_precision_ = state["dictionary_precision"]
         self.threshold_ = state["threshold"]
