@@ -336,3 +336,16 @@ def test_dictionary_leaves_out_values_seldom_gold_where_they_occur() -> None:
     every._build_vocabulary(products)
     assert every.unreliable_ == {}
     assert dict(every._dictionary_patterns("Cereal"))["Cereal type"].search("Honey Cereal") is not None
+
+
+def test_threshold_rises_only_for_a_gain_beyond_a_few_values() -> None:
+    from shangpin.stages.extract_attributes import choose_threshold
+
+    # 600 gold values: the margin is 3 / 600 = 0.5 points.
+    noisy = [(0.0, 73.84), (0.2, 73.86), (0.3, 73.97), (0.35, 73.65)]
+    assert choose_threshold(noisy, 600) == 0.0
+    clear = [(0.0, 70.0), (0.2, 70.2), (0.3, 72.0), (0.5, 72.3)]
+    assert choose_threshold(clear, 600) == 0.3
+    # A big dev split trusts small gains.
+    assert choose_threshold(noisy, 100_000) == 0.3
+    assert choose_threshold([], 10) == 0.0
