@@ -52,6 +52,11 @@ def test_labels_on_first_token_of_each_word() -> None:
     labels = token_labels(seq, gold_spans(p, ("title",)), {"O": 0, "B-Brand": 1, "I-Brand": 2})
     assert [labels[i] for i in seq.words] == [1, 2, 0]
     assert sum(lab != -100 for lab in labels) == 3  # sub-word pieces and the category carry no label
+    # A pseudo-label's doubtful value ("Toothbrush" at 15-25) is left out of the loss instead of labelled O.
+    unsure = token_labels(
+        seq, gold_spans(p, ("title",)), {"O": 0, "B-Brand": 1, "I-Brand": 2}, [("title", 15, 25)]
+    )
+    assert [unsure[i] for i in seq.words] == [1, 2, -100]
 
 
 def test_without_category_prefix_the_text_follows_cls() -> None:
@@ -152,7 +157,8 @@ def test_fit_needs_labelled_products() -> None:
 
 @pytest.fixture(scope="module")
 def int8_stage() -> AttributeExtractor:
-    params = {**AttributeExtractor.test_params, "quantize": True}
+    # A dev split of 4 products (the default 5 % would leave 2): enough values to calibrate on.
+    params = {**AttributeExtractor.test_params, "quantize": True, "dev_fraction": 0.1}
     return AttributeExtractor(**params).fit(tiny_products(40))
 
 
@@ -349,3 +355,16 @@ def test_threshold_rises_only_for_a_gain_beyond_a_few_values() -> None:
     # A big dev split trusts small gains.
     assert choose_threshold(noisy, 100_000) == 0.3
     assert choose_threshold([], 10) == 0.0
+
+
+def test_pseudo_labels_train_a_second_round_on_unlabelled_titles() -> None:
+    labelled = tiny_products(40)
+    unlabelled = [
+        Product(f"u{p.product_id}", p.title, category=p.category) for p in tiny_products(12, seed=5)
+    ]
+    params = {**AttributeExtractor.test_params, "epochs": 4, "pseudo_label_min_score": 0.0}
+    stage = AttributeExtractor(**params).fit(labelled + unlabelled)
+    info = stage.train_info_
+    assert 0 < info["n_pseudo_labelled"] <= len(unlabelled)
+    assert info["n_pseudo_values"] >= info["n_pseudo_labelled"]
+    assert stage.predict(unlabelled[:2])  # the second round's model is the one in use

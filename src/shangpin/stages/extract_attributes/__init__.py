@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -82,7 +82,9 @@ class AttributeExtractor(Stage[Prediction]):
         max_length: tokens per input sequence; longer descriptions are read in overlapping windows.
         use_description: read descriptions as well as titles.
         epochs, batch_size, learning_rate, weight_decay, warmup_ratio: fine-tuning settings.
-        dev_fraction: share of labelled products held out to calibrate scores and choose the threshold.
+        dev_fraction: share of labelled products held out to calibrate scores and choose the threshold; 0.05
+            scored 0.5 micro-F1 above 0.1 on OA-Mine (three seeds): the tagger gains more from the extra titles
+            than the calibration loses.
         refit_full: after calibrating, train again on train + dev (same settings) and ship that model.
         threshold: minimum calibrated score to return a value; negative = choose on dev for best micro-F1 (the
             lowest threshold unless a higher one gains more than a few values' worth, see `choose_threshold`).
@@ -157,7 +159,7 @@ class AttributeExtractor(Stage[Prediction]):
         learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
-        dev_fraction: float = 0.1,
+        dev_fraction: float = 0.05,
         refit_full: bool = False,
         threshold: float = -1.0,
         schema_file: str = "",
@@ -263,10 +265,19 @@ class AttributeExtractor(Stage[Prediction]):
         info.update(self._train(encoder_path, train_set, workdir))
         self._calibrate(dev, info)
         if self.pseudo_label_file or unlabelled:
-            pseudo = self._pseudo_labels(unlabelled)
+            pseudo, unsure = self._pseudo_labels(unlabelled)
             if pseudo:
                 info["n_pseudo_labelled"] = len(pseudo)
-                info.update(self._train(encoder_path, train_set + pseudo, workdir))
+                info["n_pseudo_values"] = sum(len(p.attributes) for p in pseudo)
+                offset = len(train_set)
+                info.update(
+                    self._train(
+                        encoder_path,
+                        train_set + pseudo,
+                        workdir,
+                        unsure={offset + i: spans for i, spans in unsure.items()},
+                    )
+                )
                 self._calibrate(dev, info)
         self._build_vocabulary(labelled)
         if self.refit_full and dev:
@@ -374,18 +385,30 @@ class AttributeExtractor(Stage[Prediction]):
             )
         return out
 
-    def _examples(self, products: Sequence[Product]) -> tuple[list[Sequence_], list[list[int]]]:
+    def _examples(
+        self,
+        products: Sequence[Product],
+        unsure: Mapping[int, list[tuple[TextField, int, int]]] | None = None,
+    ) -> tuple[list[Sequence_], list[list[int]]]:
+        """Sequences and word labels; words inside a product's `unsure` spans (by product index) get no label."""
         label_ids = {lab: i for i, lab in enumerate(self.labels_)}
         fields = FIELDS if self.use_description else FIELDS[:1]
         seqs = self.encoder_.encode(products, [p.category_path or "" for p in products])
         spans = [gold_spans(p, fields) for p in products]
-        labels = [token_labels(s, spans[s.product], label_ids) for s in seqs]
+        unsure = unsure or {}
+        labels = [token_labels(s, spans[s.product], label_ids, unsure.get(s.product, ())) for s in seqs]
         return seqs, labels
 
-    def _train(self, encoder_path: Path, products: Sequence[Product], workdir: Path) -> dict[str, Any]:
+    def _train(
+        self,
+        encoder_path: Path,
+        products: Sequence[Product],
+        workdir: Path,
+        unsure: Mapping[int, list[tuple[TextField, int, int]]] | None = None,
+    ) -> dict[str, Any]:
         from shangpin.stages.extract_attributes.training import build_model, train_token_classifier
 
-        seqs, labels = self._examples(products)
+        seqs, labels = self._examples(products, unsure)
 
         masker = np.random.default_rng(self.seed)
         mask_id = self.encoder_.mask_id
@@ -538,18 +561,34 @@ class AttributeExtractor(Stage[Prediction]):
             self.threshold_,
         )
 
-    def _pseudo_labels(self, unlabelled: Sequence[Product]) -> list[Product]:
+    def _pseudo_labels(
+        self, unlabelled: Sequence[Product]
+    ) -> tuple[list[Product], dict[int, list[tuple[TextField, int, int]]]]:
+        """Unlabelled products with their confident predicted values as labels, and per product (index in the
+        returned list) the spans of its less confident values, which training leaves unlabelled: labelling them
+        "no value" would teach the model to miss what it half found."""
         pool = list(unlabelled)
         if self.pseudo_label_file:
             from shangpin.storage.catalog import read_products
 
             pool.extend(read_products(Path(self.pseudo_label_file)))
+        out: list[Product] = []
+        unsure: dict[int, list[tuple[TextField, int, int]]] = {}
         if not pool:
-            return []
-        out = []
-        for p, pred in zip(pool, self.predict(pool), strict=True):
+            return out, unsure
+        # Every value the threshold lets through, dictionary matches included, before the threshold applies.
+        raw = self._predict_raw(pool)
+        for p, r in zip(pool, raw, strict=True):
+            pred = self._finish(p, r)
             keep = {k: v for k, v in pred.items() if v.score >= self.pseudo_label_min_score}
             if keep:
+                doubt = [
+                    (v.field, v.start, v.end)
+                    for k, v in pred.items()
+                    if k not in keep and v.field is not None and v.start is not None and v.end is not None
+                ]
+                if doubt:
+                    unsure[len(out)] = doubt
                 out.append(
                     Product(
                         product_id=p.product_id,
@@ -560,7 +599,7 @@ class AttributeExtractor(Stage[Prediction]):
                     )
                 )
         log.info("stage '%s': %d of %d unlabelled products pseudo-labelled", self.name, len(out), len(pool))
-        return out
+        return out, unsure
 
     # -------------------------------------------------------------- predict
     def is_fitted(self) -> bool:

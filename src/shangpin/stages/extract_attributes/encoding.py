@@ -236,13 +236,20 @@ def gold_spans(product: Product, fields: Sequence[TextField]) -> dict[TextField,
 
 
 def token_labels(
-    seq: Sequence_, spans: Mapping[TextField, list[tuple[int, int, str]]], label_ids: Mapping[str, int]
+    seq: Sequence_,
+    spans: Mapping[TextField, list[tuple[int, int, str]]],
+    label_ids: Mapping[str, int],
+    unsure: Sequence[tuple[TextField, int, int]] = (),
 ) -> list[int]:
-    """BIO label on each word's first token; -100 (ignored by the loss) everywhere else."""
+    """BIO label on each word's first token; -100 (ignored by the loss) everywhere else, and on words that
+    overlap an `unsure` span (field, start, end) and no labelled value: neither "value" nor "no value" is known."""
     labels = [-100] * len(seq.ids)
     prev: tuple[TextField, int, int, str] | None = None
     for pos, (f, s, e) in zip(seq.words, seq.spans, strict=True):
         hit = next(((gs, ge, name) for gs, ge, name in spans.get(f, []) if s < ge and gs < e), None)
+        if hit is None and any(uf == f and s < ue and us < e for uf, us, ue in unsure):
+            prev = None
+            continue
         if hit is None:
             labels[pos] = label_ids["O"]
             prev = None
