@@ -129,6 +129,29 @@ def test_decode_weighs_whole_spans() -> None:
     assert decode(_logits([[0.9, 0.04, 0.02, 0.02, 0.02]] * 3), spans, everything) == []
 
 
+def test_extend_bonus_lets_a_value_continue_over_a_nearly_even_word() -> None:
+    everything = LabelSpace.of(np.ones(5, dtype=bool))
+    spans = [("title", 0, 4), ("title", 5, 8)]
+    # Word 1 continues the value with log-odds log(0.44 / 0.54) = -0.2 against "not this attribute".
+    logits = _logits([[0.05, 0.9, 0.03, 0.01, 0.01], [0.5, 0.02, 0.44, 0.02, 0.02]])
+    (short,) = decode(logits, spans, everything)
+    assert (short.start, short.end) == (0, 4)
+    (longer,) = decode(logits, spans, everything, extend_bonus=0.25)
+    assert (longer.start, longer.end) == (0, 8) and longer.score > short.score
+
+
+def test_models_saved_before_the_extend_bonus_decode_without_it(
+    int8_stage: AttributeExtractor, tmp_path: Path
+) -> None:
+    int8_stage.save(tmp_path / "m")
+    assert AttributeExtractor.load(tmp_path / "m").extend_bonus == 0.25
+    meta_file = tmp_path / "m" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["params"]["extend_bonus"]
+    meta_file.write_text(json.dumps(meta))
+    assert AttributeExtractor.load(tmp_path / "m").extend_bonus == 0.0
+
+
 def test_decode_keeps_attributes_apart_and_within_the_category() -> None:
     spans = [("title", 0, 4), ("title", 5, 8)]
     # Both attributes want word 0; attribute 0 is surer, so attribute 1 falls back to word 1.
