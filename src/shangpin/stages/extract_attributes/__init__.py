@@ -112,7 +112,8 @@ class AttributeExtractor(Stage[Prediction]):
             with the prefix (mean of seeds 0 and 1, value masking on; docs/BENCHMARKS.md).
         extend_bonus: log-odds added for each word a decoded value continues over (prediction time): the tagger
             cuts values it has not seen short (161 too-short against 66 too-long wrong values on the OA-Mine dev
-            split); 0.25 gained 0.0-0.6 micro-F1 on four models (docs/BENCHMARKS.md). Models saved before use 0.
+            split); 0.25 gained 0.18 micro-F1 on average over six models, five not lower (docs/BENCHMARKS.md).
+            Models saved before use 0.
         tidy_spans: trim edge characters that no training value begins or ends with and balance brackets
             (`decoding.EdgeRules`); acts at prediction time only.
         value_mask: share of the words inside training values replaced by [MASK], drawn afresh each epoch
@@ -581,7 +582,7 @@ class AttributeExtractor(Stage[Prediction]):
         unsure: dict[int, list[tuple[TextField, int, int]]] = {}
         if not pool:
             return out, unsure
-        # Every value the threshold lets through, dictionary matches included, before the threshold applies.
+        # Every decoded value, dictionary matches included, before the threshold: the doubtful ones stay unlabelled.
         raw = self._predict_raw(pool)
         for p, r in zip(pool, raw, strict=True):
             pred = self._finish(p, r)
