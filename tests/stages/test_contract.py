@@ -29,6 +29,12 @@ def test_clone(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_legacy_params_name_real_parameters(kind: str) -> None:
+    cls = get_stage_class(kind)
+    assert set(cls.legacy_params) <= set(cls().get_params())
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_not_fitted(kind: str) -> None:
     contract.check_not_fitted(get_stage_class(kind), tiny_products(4))
 

@@ -94,6 +94,9 @@ class Stage(Params, abc.ABC, Generic[P]):
     """The metric (a key of StageReport.metrics, higher is better) summarising quality."""
     test_params: ClassVar[dict[str, Any]] = {}
     """Hyperparameters small enough for the contract tests to fit the tiny test data in seconds."""
+    legacy_params: ClassVar[dict[str, Any]] = {}
+    """Values for parameters that a model saved before they existed must load with (so that it predicts as it did),
+    where they differ from today's defaults."""
 
     # Filled by fit/load; kept in meta.json.
     train_info_: dict[str, Any]
@@ -188,7 +191,7 @@ class Stage(Params, abc.ABC, Generic[P]):
     def load(cls, path: Path) -> Self:
         """Load a stage saved by `save`."""
         meta = cls.read_meta(path)
-        stage = cls(**meta["params"])
+        stage = cls(**{**cls.legacy_params, **meta["params"]})
         stage._load_state(path)
         stage.train_info_ = meta.get("train", {})
         return stage

@@ -140,6 +140,7 @@ class AttributeExtractor(Stage[Prediction]):
     requires: ClassVar[tuple[str, ...]] = ("title",)
     assigns: ClassVar[tuple[str, ...]] = ("extracted",)
 
+    legacy_params: ClassVar[dict[str, Any]] = {"extend_bonus": 0.0}  # decode as it was measured then
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": 2,
         "epochs": 12,
@@ -326,11 +327,8 @@ class AttributeExtractor(Stage[Prediction]):
         self.values_: dict[str, dict[str, dict[str, int]]] = {
             c: {a: dict(cnt) for a, cnt in d.items()} for c, d in values.items()
         }
-        # Reliability is counted with every value in the patterns, then the patterns are rebuilt without the
-        # unreliable ones (and without values of an earlier vocabulary: fit builds one for dev, then the full one).
-        self.unreliable_: dict[str, dict[str, list[str]]] = {}
-        self.__dict__.pop("_dict_cache", None)
-        self.unreliable_ = self._unreliable_values(labelled)
+        self.unreliable_: dict[str, dict[str, list[str]]] = self._unreliable_values(labelled)
+        # Patterns of an earlier vocabulary must go: fit builds one for dev, then the full one.
         self.__dict__.pop("_dict_cache", None)
         self.labels_ = ["O"] + [f"{bi}-{a}" for a in self.attributes_ for bi in ("B", "I")]
         self.edges_: EdgeRules | None = EdgeRules.learn(
@@ -350,9 +348,12 @@ class AttributeExtractor(Stage[Prediction]):
             return {}
         occurs: Counter[tuple[str, str, str]] = Counter()
         hits: Counter[tuple[str, str, str]] = Counter()
+        every: dict[str, list[tuple[str, re.Pattern[str]]]] = {}  # per category, every value in the patterns
         for p in labelled:
             cat = p.category_path or ""
-            for name, pattern in self._dictionary_patterns(cat):
+            if cat not in every:
+                every[cat] = self._value_patterns(cat, {})
+            for name, pattern in every[cat]:
                 gold = p.attributes.get(name)
                 golds = (
                     set() if gold is None else {v.strip().lower() for v in (gold.value, *gold.alternatives)}
@@ -704,22 +705,28 @@ class AttributeExtractor(Stage[Prediction]):
                 found[name] = ("title", m.start(), m.end(), 0.0, True)
 
     def _dictionary_patterns(self, category: str) -> list[tuple[str, re.Pattern[str]]]:
+        """The fallback's patterns for a category (reliable values only), compiled once."""
         cache: dict[str, list[tuple[str, re.Pattern[str]]]] = self.__dict__.setdefault("_dict_cache", {})
         if category not in cache:
-            pats = []
-            unreliable = self.unreliable_.get(category, {})
-            for name, values in self.values_.get(category, {}).items():
-                skip = set(unreliable.get(name, ()))
-                # Longest first, so that at one position "Navy Blue" wins over "Navy"; values under 3
-                # characters match too much by accident.
-                alts = sorted(
-                    (v for v in values if len(v) >= 3 and v.lower() not in skip), key=len, reverse=True
-                )
-                if alts:
-                    body = "|".join(re.escape(v) for v in alts)
-                    pats.append((name, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
-            cache[category] = pats
+            cache[category] = self._value_patterns(category, self.unreliable_.get(category, {}))
         return cache[category]
+
+    def _value_patterns(
+        self, category: str, skip: Mapping[str, list[str]]
+    ) -> list[tuple[str, re.Pattern[str]]]:
+        """Per attribute, one case-insensitive pattern over its training values, except the lower-cased `skip`."""
+        pats = []
+        for name, values in self.values_.get(category, {}).items():
+            left_out = set(skip.get(name, ()))
+            # Longest first, so that at one position "Navy Blue" wins over "Navy"; values under 3 characters
+            # match too much by accident.
+            alts = sorted(
+                (v for v in values if len(v) >= 3 and v.lower() not in left_out), key=len, reverse=True
+            )
+            if alts:
+                body = "|".join(re.escape(v) for v in alts)
+                pats.append((name, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
+        return pats
 
     def _finish(self, product: Product, raw: dict[str, _Raw]) -> Prediction:
         xs, ys = self.calibration_
@@ -778,8 +785,6 @@ class AttributeExtractor(Stage[Prediction]):
 
     def _load_state(self, path: Path) -> None:
         state = json.loads((path / self.STATE_FILE).read_text(encoding="utf-8"))
-        if "extend_bonus" not in self.read_meta(path)["params"]:
-            self.extend_bonus = 0.0  # saved before the option: decode as it was measured then
         self.attributes_ = state["attributes"]
         self.labels_ = state["labels"]
         self.schema_ = state["schema"]
