@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from scipy.optimize import minimize
@@ -225,6 +225,15 @@ class RankModel(Params):
         self.prior_own_out = prior_own_out
         self.min_strength = min_strength
         self.seed = seed
+
+    # Models saved before `gain`, `link`, `taste_prior` and `min_strength` existed: expected utility, linear link,
+    # shares, no evidence floor.
+    legacy_params: ClassVar[dict[str, Any]] = {
+        "gain": 0.0,
+        "link": "linear",
+        "taste_prior": "share",
+        "min_strength": 0.0,
+    }
 
     # -- training ----------------------------------------------------------------------------------------------
     CHOICES: dict[str, tuple[str, ...]] = {
@@ -585,11 +594,7 @@ class RankModel(Params):
                 f"rank_attributes: the model at {path} was saved in format v{meta.get('version')}, this code "
                 f"reads v{FORMAT_VERSION}; retrain it with 'shangpin rank train'."
             )
-        # Models saved before `gain`, `link`, `taste_prior` and `min_strength` existed: expected utility, linear
-        # link, shares, no evidence floor.
-        model = cls(
-            **{"gain": 0.0, "link": "linear", "taste_prior": "share", "min_strength": 0.0, **meta["params"]}
-        )
+        model = cls(**{**cls.legacy_params, **meta["params"]})
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         with np.load(path / "catalog.npz", allow_pickle=False) as arrays:
             model.catalog_ = RankCatalog.from_saved(arrays, state["catalog"])

@@ -49,6 +49,10 @@ class Params:
     which a 500 titles/s `predict` command cannot afford.
     """
 
+    legacy_params: ClassVar[dict[str, Any]] = {}
+    """Values for parameters that a model saved before they existed must load with (so that it predicts as it did),
+    where they differ from today's defaults."""
+
     @classmethod
     def _param_defaults(cls) -> dict[str, Any]:
         sig = inspect.signature(cls.__init__)
@@ -94,9 +98,6 @@ class Stage(Params, abc.ABC, Generic[P]):
     """The metric (a key of StageReport.metrics, higher is better) summarising quality."""
     test_params: ClassVar[dict[str, Any]] = {}
     """Hyperparameters small enough for the contract tests to fit the tiny test data in seconds."""
-    legacy_params: ClassVar[dict[str, Any]] = {}
-    """Values for parameters that a model saved before they existed must load with (so that it predicts as it did),
-    where they differ from today's defaults."""
 
     # Filled by fit/load; kept in meta.json.
     train_info_: dict[str, Any]
