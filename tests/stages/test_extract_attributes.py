@@ -267,7 +267,7 @@ def test_value_mask_hides_only_value_words_and_changes_each_epoch(monkeypatch: p
     def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
         everything = list(range(len(lengths)))
         for _ in range(2):  # two epochs' worth of the same batch
-            ids, _mask, _types, labels = batches_of(everything)
+            ids, _mask, _types, labels, _allowed = batches_of(everything)
             seen.append((ids, labels))
         raise Stop
 
@@ -391,3 +391,94 @@ def test_pseudo_labels_train_a_second_round_on_unlabelled_titles() -> None:
     assert 0 < info["n_pseudo_labelled"] <= len(unlabelled)
     assert info["n_pseudo_values"] >= info["n_pseudo_labelled"]
     assert stage.predict(unlabelled[:2])  # the second round's model is the one in use
+
+
+def test_category_loss_gives_each_row_only_its_category_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shangpin.stages.extract_attributes import training
+
+    seen: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
+        _ids, _mask, _types, labels, allowed = batches_of(list(range(len(lengths))))
+        seen.append((labels, allowed))
+        raise Stop
+
+    monkeypatch.setattr(training, "train_token_classifier", spy)
+    products = tiny_products(12)
+    for on in (False, True):
+        stage = AttributeExtractor(**AttributeExtractor.test_params, category_loss=on, dev_fraction=0.0)
+        with pytest.raises(Stop):
+            stage.fit(products)
+    (_, off), (labels, allowed) = seen
+    assert off is None
+    assert allowed is not None and allowed.shape == (len(labels), len(stage.labels_))
+    cats = {p.category_path for p in products}
+    assert len(cats) == 2
+    rows = {c: stage._label_mask(c or "") for c in cats}
+    for r, row in enumerate(allowed):
+        assert any((row == m).all() for m in rows.values())
+        assert row[labels[r][labels[r] >= 0]].all()  # every gold label is one the row's softmax may use
+    # the two categories share no attribute but O, so each row leaves labels out
+    assert (~allowed).any(axis=1).all()
+
+
+def test_average_last_ends_on_the_mean_of_epoch_end_weights() -> None:
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from shangpin.stages.extract_attributes.training import train_token_classifier
+
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 50, (8, 6))
+    labels = rng.integers(0, 3, (8, 6))
+
+    def trained(average_last: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Final weights, and the weights at the start of each batch (8 examples, batches of 4: 2 per epoch)."""
+        torch.manual_seed(0)
+        model = BertForTokenClassification(config)
+        starts: list[dict[str, torch.Tensor]] = []
+
+        def batches_of(idx: list[int]) -> tuple[np.ndarray | None, ...]:
+            starts.append({k: v.clone() for k, v in model.state_dict().items()})
+            return ids[idx], np.ones_like(ids[idx]), np.zeros_like(ids[idx]), labels[idx], None
+
+        train_token_classifier(
+            model,
+            batches_of,
+            [6] * 8,
+            epochs=3,
+            batch_size=4,
+            learning_rate=1e-2,
+            weight_decay=0.0,
+            warmup_ratio=0.0,
+            seed=0,
+            stage="t",
+            freeze_embeddings=False,
+            average_last=average_last,
+        )
+        return {k: v.clone() for k, v in model.state_dict().items()}, starts
+
+    last, starts = trained(0)
+    assert len(starts) == 6
+    epoch_ends = [starts[2], starts[4], last]
+    assert all(torch.equal(last[k], v) for k, v in trained(1)[0].items())  # one epoch: its own weights
+    for n, averaged in ((2, trained(2)[0]), (3, trained(3)[0])):
+        for name in (
+            "classifier.weight",
+            "bert.encoder.layer.0.output.dense.weight",
+            "bert.embeddings.word_embeddings.weight",
+        ):
+            mean = torch.stack([e[name] for e in epoch_ends[-n:]]).mean(0)
+            assert torch.allclose(averaged[name], mean, atol=1e-6)
+            assert not torch.allclose(averaged[name], last[name])

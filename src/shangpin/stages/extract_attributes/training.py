@@ -93,10 +93,14 @@ def train_token_classifier(
     stage: str,
     freeze_embeddings: bool = True,
     layer_decay: float = 1.0,
+    average_last: int = 0,
 ) -> dict[str, float]:
     """Train with AdamW and linear warm-up/decay on length-bucketed batches.
 
-    `lengths` are the examples' token counts; `batches_of(indices)` returns (input_ids, attention_mask, token_type_ids, labels) numpy arrays.
+    `lengths` are the examples' token counts; `batches_of(indices)` returns (input_ids, attention_mask,
+    token_type_ids, labels, allowed) numpy arrays, `allowed` (rows x labels, bool) or None: the labels each row's
+    softmax may use (the others get no probability mass, as at decoding). With `average_last` > 0 the model
+    ends with the mean of its weights at the end of each of the last `average_last` epochs.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -123,24 +127,44 @@ def train_token_classifier(
     opt = torch.optim.AdamW(groups, lr=learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
     with_types = takes_token_types(model)
+    average: dict[str, Any] = {}
+    n_averaged = 0
     model.train()
     t0 = time.perf_counter()
     loss_value = float("nan")
     for epoch in track(range(epochs), f"{stage}: training", total=epochs):
         losses = []
         for batch in _bucketed(lengths, batch_size, rng):
-            ids, mask, types, labels = batches_of(batch)
+            ids, mask, types, labels, allowed = batches_of(batch)
             inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
             if with_types:
                 inputs["token_type_ids"] = torch.from_numpy(types)
-            out = model(**inputs, labels=torch.from_numpy(labels))
-            out.loss.backward()
+            logits = model(**inputs).logits
+            if allowed is not None:
+                logits = logits.masked_fill(~torch.from_numpy(allowed)[:, None, :], -1e4)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                torch.from_numpy(labels).reshape(-1),
+                ignore_index=-100,
+            )
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad()
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss.detach()))
         loss_value = float(np.mean(losses)) if losses else float("nan")
+        if epoch >= epochs - average_last:
+            n_averaged += 1
+            with torch.no_grad():
+                for name, param in model.state_dict().items():
+                    if param.is_floating_point():
+                        if name in average:
+                            average[name] += (param - average[name]) / n_averaged
+                        else:
+                            average[name] = param.detach().clone()
         log.info("stage '%s': epoch %d/%d loss %.4f", stage, epoch + 1, epochs, loss_value)
+    if n_averaged > 1:
+        model.load_state_dict(average, strict=False)
     model.eval()
     return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value}
