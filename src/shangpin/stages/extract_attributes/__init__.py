@@ -454,12 +454,7 @@ class AttributeExtractor(Stage[Prediction]):
             allowed = None if spaces is None else np.stack([spaces[i] for i in idx])
             return ids, mask, types, lab, allowed
 
-        model = build_model(
-            encoder_path,
-            self.labels_,
-            self.num_layers,
-            N_TYPES if self.case_features else 0,
-        )
+        model = build_model(encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0)
         lora: dict[str, Any] = {}
         if self.lora_rank:
             from shangpin.lora import adapter_report, apply_lora
