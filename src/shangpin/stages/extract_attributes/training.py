@@ -127,8 +127,7 @@ def train_token_classifier(
     opt = torch.optim.AdamW(groups, lr=learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
     with_types = takes_token_types(model)
-    average: dict[str, Any] = {}
-    n_averaged = 0
+    average = torch.optim.swa_utils.AveragedModel(model) if average_last > 1 else None
     model.train()
     t0 = time.perf_counter()
     loss_value = float("nan")
@@ -154,17 +153,10 @@ def train_token_classifier(
             opt.zero_grad()
             losses.append(float(loss.detach()))
         loss_value = float(np.mean(losses)) if losses else float("nan")
-        if epoch >= epochs - average_last:
-            n_averaged += 1
-            with torch.no_grad():
-                for name, param in model.state_dict().items():
-                    if param.is_floating_point():
-                        if name in average:
-                            average[name] += (param - average[name]) / n_averaged
-                        else:
-                            average[name] = param.detach().clone()
+        if average is not None and epoch >= epochs - average_last:
+            average.update_parameters(model)
         log.info("stage '%s': epoch %d/%d loss %.4f", stage, epoch + 1, epochs, loss_value)
-    if n_averaged > 1:
-        model.load_state_dict(average, strict=False)
+    if average is not None:
+        model.load_state_dict(average.module.state_dict())
     model.eval()
     return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value}
