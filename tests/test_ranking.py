@@ -170,6 +170,29 @@ def test_update_matches_full_fit_and_decays(catalog: RankCatalog, simulation: Si
     assert part.train_info_["updates"] == 1 and part.train_info_["n_sessions"] == len(sessions)
 
 
+def test_importance_reads_conditioned_evidence_and_ranking_does_not(
+    model: RankModel, catalog: RankCatalog, simulation: Simulation
+) -> None:
+    assert model.condition and set(model.attribution_) == set(model.nodes_)
+    plain = RankModel(condition=False).fit(catalog, simulation.events)
+    assert plain.attribution_ == {}
+    # The ranking fit and the rankings are the same with or without the conditioned pass ...
+    for node, fit in model.nodes_.items():
+        np.testing.assert_allclose(fit.beta, plain.nodes_[node].beta)
+    for request in simulation.requests[:20]:
+        assert model.rank(request).ranking == plain.rank(request).ranking
+    # ... while importance and facet order come from the conditioned fit.
+    assert model.importance() != plain.importance()
+    node = catalog.node("Apparel & Accessories > Shoes")
+    assert node is not None
+    conditioned = dict(
+        zip(model.attribution_[node].attributes, model.attribution_[node].weights(), strict=True)
+    )
+    assert [name for name, _ in model.facets("Apparel & Accessories > Shoes")] == [
+        catalog.attributes[a] for a in sorted(conditioned, key=lambda a: -conditioned[a])
+    ]
+
+
 def test_save_load_roundtrip(model: RankModel, simulation: Simulation, tmp_path: Path) -> None:
     model.save(tmp_path / "rank")
     loaded = RankModel.load(tmp_path / "rank")
@@ -306,6 +329,54 @@ def test_own_engagement_can_be_left_out_of_a_products_prior(
     if mode == "preference":
         fitted = RankModel(prior_own_out=True).fit(catalog, simulation.events)
         assert all(math.isclose(sum(w.values()), 1.0, abs_tol=1e-4) for w in fitted.importance().values())
+
+
+def test_conditioned_evidence_discounts_what_other_attributes_and_position_explain() -> None:
+    # Men's watches are all black; women's are half gold. A shopper who wants women's watches clicks a gold one.
+    specs = [("Men", "Black")] * 4 + [("Women", "Gold"), ("Women", "Black")] * 2
+    cat = build_catalog(
+        [_product(f"w{i}", "Watches", gender=g, colour=c) for i, (g, c) in enumerate(specs)], min_coverage=0.0
+    )
+    priors = Priors(cat, mode="uniform")
+    gender, colour = cat.attributes.index("gender"), cat.attributes.index("colour")
+    gold, women = cat.value_code(colour, "Gold"), cat.value_code(gender, "Women")
+    shown = list(range(len(specs)))
+    first_gold = next(r for r in shown if cat.codes[r, colour] == gold)
+    other_women = [r for r in shown if cat.codes[r, gender] == women and r != first_gold]
+
+    def session(clicked: list[int]) -> Evidence:
+        ev = Evidence()
+        for r in clicked:
+            ev.product_weight[r], ev.shown[r] = 1.0, shown
+            ev.order.append((r, 0.0))
+        ev.lists.append((shown, 0.0))
+        return ev
+
+    strength = np.full(len(cat.attributes), 2.0)
+    beta = np.zeros(len(cat.attributes))
+    beta[gender] = 3.0
+    flat = np.zeros(13)
+    ev = session([first_gold, other_women[0]])
+    plain = ev.logits(colour, 2.0, cat, priors)[0][gold]
+    # Gold is 2 of 8 shown, but 2 of the 4 women's watches the shopper was choosing among: weaker evidence.
+    ev.condition(cat, priors, lambda leaf: strength, lambda leaf: beta, lambda leaf: flat)
+    conditioned = ev.logits(colour, 2.0, cat, priors)[0][gold]
+    assert conditioned < plain
+    # Gender itself carries no weight in its own exposure: its evidence is only discounted by position here.
+    assert ev.logits(gender, 2.0, cat, priors)[0][women] == pytest.approx(
+        session([first_gold, other_women[0]]).logits(gender, 2.0, cat, priors)[0][women]
+    )
+    # Position: a click on the top slot, where every shopper looks, proves less than the same click lower down.
+    top_heavy = np.zeros(13)
+    top_heavy[shown.index(first_gold)] = 3.0
+    ev_top = session([first_gold])
+    ev_top.condition(
+        cat, priors, lambda leaf: strength, lambda leaf: np.zeros(len(cat.attributes)), lambda leaf: top_heavy
+    )
+    assert (
+        ev_top.logits(colour, 2.0, cat, priors)[0][gold]
+        < session([first_gold]).logits(colour, 2.0, cat, priors)[0][gold]
+    )
 
 
 def test_posterior_normaliser_survives_strong_evidence_against_every_value() -> None:

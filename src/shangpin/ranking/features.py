@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +68,8 @@ class Evidence:
     lists: list[tuple[list[int], float]] = field(default_factory=list)
     """Every result list the session was shown, with its time."""
     _exposure: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
+    _attract: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Per engaged row with a list: (log attractiveness of each shown product per attribute, position effect)."""
     _logits: dict[tuple[int, float], tuple[dict[int, float], dict[int, dict[int, float]]]] = field(
         default_factory=dict
     )
@@ -81,14 +83,69 @@ class Evidence:
             shown = self.shown.get(row)
             if shown:
                 counts: dict[int, float] = defaultdict(float)
-                for code in catalog.codes[shown, a].tolist():
+                attract = self._attract.get(row)
+                if attract is None:
+                    weights = [1.0] * len(shown)
+                else:  # how likely each shown product was to be chosen for everything but its value of a
+                    h, g = attract
+                    weights = np.exp(g + h.sum(axis=1) - h[:, a]).tolist()
+                for code, weight in zip(catalog.codes[shown, a].tolist(), weights, strict=True):
                     if code != MISSING:
-                        counts[code] += 1.0
+                        counts[code] += weight
             else:
                 counts = defaultdict(float, priors.catalog_counts.get((int(catalog.leaf[row]), a), {}))
             total = sum(counts.values()) or 1.0
             share = self._exposure[key] = {code: n / total for code, n in counts.items()}
         return share
+
+    def condition(
+        self,
+        catalog: RankCatalog,
+        priors: Priors,
+        strength: Callable[[int], np.ndarray],
+        beta: Callable[[int], np.ndarray],
+        gamma: Callable[[int], np.ndarray],
+    ) -> None:
+        """Judge each choice against what else was likely to be chosen, not against the plain list.
+
+        Without this, a click on a women's gold watch from a list half of men's watches counts as evidence
+        for gold as much as for "women", because gold is rarer in the whole list than among the women's
+        watches the shopper was choosing from; a colour correlated with a strong attribute then looks wanted.
+        Here the share f(v) of the conditional-logit evidence for attribute a weights every shown product by
+        its choice odds from its position (gamma) and its other attributes (1 + x_b (e^beta_b - 1), x_b from
+        the session's plain evidence). `strength`, `beta`, `gamma`: per leaf node, the evidence strength and
+        the positive coefficient per attribute (all of them) and the position effects.
+        """
+        self._attract = {}
+        self._exposure.clear()
+        self._logits.clear()
+        tables: dict[int, list[tuple[int, dict[int, float], dict[int, float], float, float]]] = {}
+        exp = math.exp
+        for row, shown in self.shown.items():
+            if not shown:
+                continue
+            leaf = int(catalog.leaf[row])
+            parts = tables.get(leaf)
+            if parts is None:
+                s, b = strength(leaf), beta(leaf)
+                parts = tables[leaf] = []
+                for a in range(len(catalog.attributes)):
+                    if b[a] <= 1e-6:
+                        continue
+                    total, _ = self.logits(a, float(s[a]), catalog, priors)
+                    table = priors.table(leaf, a, strength=float(s[a]))
+                    parts.append((a, table, total, _norm(table, total), math.expm1(min(b[a], MAX_EXPONENT))))
+            h = np.zeros((len(shown), len(catalog.attributes)))
+            codes = catalog.codes[shown]
+            for a, table, total, z, grow in parts:
+                for j, code in enumerate(codes[:, a].tolist()):
+                    if code != MISSING:
+                        p = table.get(code, 0.0) * exp(min(total.get(code, 0.0), MAX_EXPONENT) - z)
+                        h[j, a] = math.log1p(p * grow)
+            g = gamma(leaf)[[position_bucket(p) for p in range(1, len(shown) + 1)]]
+            self._attract[row] = (h, g)
+        self._exposure.clear()
+        self._logits.clear()
 
     def logits(
         self, a: int, lam: float, catalog: RankCatalog, priors: Priors

@@ -80,6 +80,29 @@ class NodeFit:
     beta_sd: np.ndarray | None = None
     """Posterior standard deviation of beta (Laplace: the inverse of data curvature plus prior precision)."""
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attributes": self.attributes,
+            "beta": self.beta.tolist(),
+            "gamma": self.gamma.tolist(),
+            "hessian": self.hessian.tolist(),
+            "beta_sd": self.beta_sd.tolist() if self.beta_sd is not None else None,
+            "n_choices": self.n_choices,
+            "n_sessions": self.n_sessions,
+        }
+
+    @classmethod
+    def from_json(cls, n: dict[str, Any]) -> NodeFit:
+        return cls(
+            attributes=[int(a) for a in n["attributes"]],
+            beta=np.array(n["beta"], dtype=float),
+            gamma=np.array(n["gamma"], dtype=float),
+            hessian=np.array(n["hessian"], dtype=float),
+            beta_sd=np.array(n["beta_sd"], dtype=float) if n.get("beta_sd") is not None else None,
+            n_choices=float(n["n_choices"]),
+            n_sessions=int(n["n_sessions"]),
+        )
+
     def positive(self) -> np.ndarray:
         """E[max(beta, 0)] under the Gaussian posterior: an attribute whose coefficient is uncertain keeps some
         weight instead of being cut to zero by a noisy negative estimate."""
@@ -184,6 +207,12 @@ class RankModel(Params):
             The first pass uses `initial_strength`. 2.5 raised importance recovery on the fashion simulator
             from Spearman 0.69 / 0.58 to 0.78 / 0.75 (default / shifted click model) at about the same
             NDCG@10 (docs/BENCHMARKS.md); 0 = no floor.
+        condition: read importance (`importance`, `facets`) from one more fit whose session evidence judges
+            each engagement against the products the shopper was likely to choose, by position and by the other
+            attributes under the ranking fit, instead of the plain result list (`Evidence.condition`), so that a
+            value correlated with a wanted one (gold among women's watches) is not read as wanted itself.
+            Ranking keeps the plain fit: the correlated proxy predicts clicks, and conditioned features ranked
+            worse under the shifted click model (docs/BENCHMARKS.md). Costs one more pass of training.
         seed: random seed for sampled comparison products.
     """
 
@@ -207,6 +236,7 @@ class RankModel(Params):
         taste_prior: str = "preference",
         prior_own_out: bool = False,
         min_strength: float = 2.5,
+        condition: bool = True,
         seed: int = 13,
     ) -> None:
         self.iterations = iterations
@@ -224,6 +254,7 @@ class RankModel(Params):
         self.taste_prior = taste_prior
         self.prior_own_out = prior_own_out
         self.min_strength = min_strength
+        self.condition = condition
         self.seed = seed
 
     # Models saved before `gain`, `link`, `taste_prior` and `min_strength` existed: expected utility, linear link,
@@ -233,6 +264,7 @@ class RankModel(Params):
         "link": "linear",
         "taste_prior": "share",
         "min_strength": 0.0,
+        "condition": False,
     }
 
     # -- training ----------------------------------------------------------------------------------------------
@@ -333,59 +365,34 @@ class RankModel(Params):
         for k, choice in enumerate(all_choices):
             for node in catalog.lineage(int(catalog.leaf[choice.chosen])):
                 by_node[node].append(k)
-        n_attr = len(catalog.attributes)
         weights = np.array([self._decay(t_new - c.timestamp) for c in all_choices])
         sessions_per_node = {n: len({all_choices[k].session for k in ks}) for n, ks in by_node.items()}
+        passes = max(self.iterations, 1)
         previous = dict(self.nodes_)
-        for iteration in range(max(self.iterations, 1)):
-            # Features over every attribute once per choice; each node reads its own columns.
-            strengths = {
-                leaf: self._strength(leaf) for leaf in {int(catalog.leaf[c.chosen]) for c in all_choices}
-            }
-            matrices = [
-                features(
-                    c.rows,
-                    range(n_attr),
-                    catalog,
-                    evidence[c.session],
-                    self.priors_,
-                    strengths[int(catalog.leaf[c.chosen])],
-                    exclude=c.chosen if c.labels is None else None,
-                    own_out=self.prior_own_out,
-                )
-                for c in track(all_choices, f"session features, pass {iteration + 1}", total=len(all_choices))
-            ]
-            fitted: dict[int, NodeFit] = {}
-            for node in range(len(catalog.nodes)):  # parents come before children
-                attrs = catalog.node_attributes[node]
-                prior_beta, prior_gamma = self._parent_prior(fitted.get(catalog.parent[node]), attrs)
-                old = previous.get(node)
-                if old is not None and old.attributes != attrs:
-                    old = None  # the node's attribute set changed with the catalog: start it afresh
-                members = by_node.get(node, [])
-                fit = _fit_node(
-                    [matrices[k][:, attrs] for k in members],
-                    [all_choices[k].positions for k in members],
-                    weights[members] if members else np.zeros(0),
-                    prior_beta=prior_beta,
-                    prior_gamma=prior_gamma,
-                    prior_strength=self._tie(catalog.depth(node))
-                    if catalog.parent[node] >= 0
-                    else ROOT_PRECISION,
-                    old=old,
-                    old_decay=decay_old,
-                    labels=[all_choices[k].labels for k in members]
-                    if self.choice_model_ == "binary"
-                    else None,
-                    link=self.link,
-                )
-                fit.attributes = list(attrs)
-                fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
-                fitted[node] = fit
+        for iteration in range(passes):
+            fitted = self._fit_pass(
+                evidence, all_choices, by_node, weights, sessions_per_node, previous, decay_old, iteration + 1
+            )
             self.nodes_ = fitted
             if self.prior_strength == "auto" and first and iteration == 0:
                 # Estimated once, from the first, loosely tied pass; later passes and updates use it.
                 self.tie_ = _between_child_precision(fitted, catalog, self._tie)
+        if self.condition:
+            # Importance: one more pass on evidence conditioned on the ranking fit (see `condition`).
+            for ev in evidence:
+                self._condition(ev)
+            self.attribution_ = self._fit_pass(
+                evidence,
+                all_choices,
+                by_node,
+                weights,
+                sessions_per_node,
+                getattr(self, "attribution_", {}) if not first else {},
+                decay_old,
+                passes + 1,
+            )
+        else:
+            self.attribution_ = {}
         self.t_ref_ = t_new
         info = self.train_info_
         info["n_events"] += n_events
@@ -393,6 +400,66 @@ class RankModel(Params):
         info["n_choices"] += len(all_choices)
         info["updates"] += 0 if first else 1
         info["seconds"] = round(time.perf_counter() - started, 2)
+
+    def _fit_pass(
+        self,
+        evidence: list[Evidence],
+        all_choices: list[Choice],
+        by_node: dict[int, list[int]],
+        weights: np.ndarray,
+        sessions_per_node: dict[int, int],
+        previous: dict[int, NodeFit],
+        decay_old: float,
+        number: int,
+    ) -> dict[int, NodeFit]:
+        """One fit of every node: session features at the current evidence strengths, then the choice model
+        from the top of the tree down (each node tied to its parent's fresh fit and to its own `previous`
+        state, decayed)."""
+        catalog = self.catalog_
+        n_attr = len(catalog.attributes)
+        # Features over every attribute once per choice; each node reads its own columns.
+        strengths = {
+            leaf: self._strength(leaf) for leaf in {int(catalog.leaf[c.chosen]) for c in all_choices}
+        }
+        matrices = [
+            features(
+                c.rows,
+                range(n_attr),
+                catalog,
+                evidence[c.session],
+                self.priors_,
+                strengths[int(catalog.leaf[c.chosen])],
+                exclude=c.chosen if c.labels is None else None,
+                own_out=self.prior_own_out,
+            )
+            for c in track(all_choices, f"session features, pass {number}", total=len(all_choices))
+        ]
+        fitted: dict[int, NodeFit] = {}
+        for node in range(len(catalog.nodes)):  # parents come before children
+            attrs = catalog.node_attributes[node]
+            prior_beta, prior_gamma = self._parent_prior(fitted.get(catalog.parent[node]), attrs)
+            old = previous.get(node)
+            if old is not None and old.attributes != attrs:
+                old = None  # the node's attribute set changed with the catalog: start it afresh
+            members = by_node.get(node, [])
+            fit = _fit_node(
+                [matrices[k][:, attrs] for k in members],
+                [all_choices[k].positions for k in members],
+                weights[members] if members else np.zeros(0),
+                prior_beta=prior_beta,
+                prior_gamma=prior_gamma,
+                prior_strength=self._tie(catalog.depth(node))
+                if catalog.parent[node] >= 0
+                else ROOT_PRECISION,
+                old=old,
+                old_decay=decay_old,
+                labels=[all_choices[k].labels for k in members] if self.choice_model_ == "binary" else None,
+                link=self.link,
+            )
+            fit.attributes = list(attrs)
+            fit.n_sessions = (old.n_sessions if old else 0) + sessions_per_node.get(node, 0)
+            fitted[node] = fit
+        return fitted
 
     def _tie(self, depth: int) -> float:
         """Precision of the Gaussian tying the coefficients of a node at `depth` (>= 1) to its parent's."""
@@ -411,7 +478,13 @@ class RankModel(Params):
 
     def _strength(self, leaf: int) -> np.ndarray:
         """Evidence strength per attribute (all of them) in a leaf: the nearest fitted node's expected positive
-        coefficient."""
+        coefficient, floored at `min_strength`."""
+        out = self._positive(leaf)
+        return np.where(np.isnan(out), self.initial_strength, np.clip(out, self.min_strength, None))
+
+    def _positive(self, leaf: int) -> np.ndarray:
+        """The nearest fitted node's expected positive coefficient per attribute (all of them; NaN where no
+        node on the leaf's path ranks on the attribute)."""
         out = np.full(len(self.catalog_.attributes), np.nan)
         for node in self.catalog_.lineage(leaf):
             fit = self.nodes_.get(node)
@@ -420,7 +493,24 @@ class RankModel(Params):
             for a, b in zip(fit.attributes, fit.positive().tolist(), strict=True):
                 if np.isnan(out[a]):
                     out[a] = b
-        return np.where(np.isnan(out), self.initial_strength, np.clip(out, self.min_strength, None))
+        return out
+
+    def _condition(self, ev: Evidence) -> None:
+        """Condition a session's evidence on the fitted model (see `Evidence.condition`)."""
+        if not self.condition or not self.nodes_:
+            return
+
+        def gamma(leaf: int) -> np.ndarray:
+            fit = next((self.nodes_[n] for n in self.catalog_.lineage(leaf) if n in self.nodes_), None)
+            return fit.gamma if fit is not None else np.zeros(POSITION_BUCKETS)
+
+        ev.condition(
+            self.catalog_,
+            self.priors_,
+            self._strength,
+            lambda leaf: np.nan_to_num(self._positive(leaf), nan=0.0),
+            gamma,
+        )
 
     def _decay(self, seconds: float) -> float:
         if self.half_life_days <= 0:
@@ -460,7 +550,7 @@ class RankModel(Params):
         return self._by_weight(node)
 
     def _by_weight(self, node: int) -> list[tuple[str, float]]:
-        fit = self.nodes_[node]
+        fit = getattr(self, "attribution_", {}).get(node) or self.nodes_[node]
         names = self.catalog_.attributes
         pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, fit.weights().tolist(), strict=True)]
         return sorted(pairs, key=lambda t: -t[1])
@@ -543,22 +633,12 @@ class RankModel(Params):
         path.mkdir(parents=True, exist_ok=True)
         arrays = self.catalog_.to_arrays()
         np.savez(path / "catalog.npz", ids=arrays["ids"], leaf=arrays["leaf"], codes=arrays["codes"])
-        nodes = [
-            {
-                "attributes": fit.attributes,
-                "beta": fit.beta.tolist(),
-                "gamma": fit.gamma.tolist(),
-                "hessian": fit.hessian.tolist(),
-                "beta_sd": fit.beta_sd.tolist() if fit.beta_sd is not None else None,
-                "n_choices": fit.n_choices,
-                "n_sessions": fit.n_sessions,
-            }
-            for _, fit in sorted(self.nodes_.items())
-        ]
+        nodes = [fit.to_json() for _, fit in sorted(self.nodes_.items())]
         priors = [[leaf, a, list(bucket.items())] for (leaf, a), bucket in self.priors_.engaged.items()]
         state = {
             "catalog": self.catalog_.to_json(),
             "nodes": nodes,
+            "attribution": [fit.to_json() for _, fit in sorted(getattr(self, "attribution_", {}).items())],
             "priors": priors,
             "product_engaged": list(self.priors_.product_engaged.items()) if self.prior_own_out else [],
             "t_ref": self.t_ref_,
@@ -603,18 +683,8 @@ class RankModel(Params):
         for leaf, a, items in state["priors"]:
             model.priors_.engaged[(int(leaf), int(a))] = {int(c): float(v) for c, v in items}
         model.priors_.product_engaged = {int(r): float(v) for r, v in state.get("product_engaged", [])}
-        model.nodes_ = {
-            i: NodeFit(
-                attributes=[int(a) for a in n["attributes"]],
-                beta=np.array(n["beta"], dtype=float),
-                gamma=np.array(n["gamma"], dtype=float),
-                hessian=np.array(n["hessian"], dtype=float),
-                beta_sd=np.array(n["beta_sd"], dtype=float) if n.get("beta_sd") is not None else None,
-                n_choices=float(n["n_choices"]),
-                n_sessions=int(n["n_sessions"]),
-            )
-            for i, n in enumerate(state["nodes"])
-        }
+        model.nodes_ = {i: NodeFit.from_json(n) for i, n in enumerate(state["nodes"])}
+        model.attribution_ = {i: NodeFit.from_json(n) for i, n in enumerate(state.get("attribution") or [])}
         model.t_ref_ = float(state["t_ref"])
         model.choice_model_ = str(state.get("choice_model", "multinomial"))
         model.tie_ = {int(k): float(v) for k, v in (state.get("tie") or {}).items()}
