@@ -186,7 +186,7 @@ def test_importance_reads_conditioned_evidence_and_ranking_does_not(
     node = catalog.node("Apparel & Accessories > Shoes")
     assert node is not None
     conditioned = dict(
-        zip(model.attribution_[node].attributes, model.attribution_[node].weights(), strict=True)
+        zip(model.attribution_[node].attributes, model.attribution_[node].point_weights(), strict=True)
     )
     assert [name for name, _ in model.facets("Apparel & Accessories > Shoes")] == [
         catalog.attributes[a] for a in sorted(conditioned, key=lambda a: -conditioned[a])
@@ -233,6 +233,18 @@ def test_weights_are_expected_positive_coefficients() -> None:
     weights = fit.weights()
     assert 0.0 < weights[1] < weights[0]  # an uncertain negative estimate keeps a little weight
     assert math.isclose(weights.sum(), 1.0)
+    # Reported importance (from the conditioned fit) is the estimate's positive part: uncertainty earns nothing.
+    assert fit.point_weights().tolist() == [1.0, 0.0]
+    fit.beta = np.array([0.3, 0.1])
+    fit.beta_sd = np.array([0.05, 3.0])  # a nearly constant attribute: wide posterior
+    assert fit.weights()[1] > fit.weights()[0]
+    assert fit.point_weights() == pytest.approx([0.75, 0.25])
+    assert NodeFit(
+        [0, 1], np.array([-1.0, -2.0]), np.zeros(13), np.zeros((15, 15))
+    ).point_weights().tolist() == [
+        0.5,
+        0.5,
+    ]
     fit.fixed_weights = np.array([0.5, 0.5])
     assert np.allclose(fit.strengths(), 0.5 * fit.positive().sum())
 

@@ -124,8 +124,20 @@ class NodeFit:
             return scaled
         return positive
 
+    def point_weights(self) -> np.ndarray:
+        """Importance as reported from the conditioned fit: the positive part of the coefficient's estimate,
+        normalised to 1 (uniform when nothing helps). Unlike E[max(beta, 0)] it does not credit an attribute
+        for being uncertain: a nearly constant attribute has a wide posterior whose expected positive part is
+        large whatever its estimate (over nine simulator runs rho rose in eight, docs/BENCHMARKS.md)."""
+        clipped: np.ndarray = np.clip(self.beta, 0.0, None)
+        total = float(clipped.sum())
+        if not len(clipped):
+            return clipped
+        out: np.ndarray = clipped / total if total > 1e-9 else np.full(len(clipped), 1.0 / len(clipped))
+        return out
+
     def weights(self) -> np.ndarray:
-        """Importance: the expected positive part of beta, normalised to 1 (uniform when nothing helps)."""
+        """Ranking weights: the expected positive part of beta, normalised to 1 (uniform when nothing helps)."""
         if self.fixed_weights is not None:
             return self.fixed_weights
         positive = self.positive()
@@ -550,9 +562,11 @@ class RankModel(Params):
         return self._by_weight(node)
 
     def _by_weight(self, node: int) -> list[tuple[str, float]]:
-        fit = getattr(self, "attribution_", {}).get(node) or self.nodes_[node]
+        attribution = getattr(self, "attribution_", {}).get(node)
+        fit = attribution or self.nodes_[node]
+        weights = attribution.point_weights() if attribution is not None else fit.weights()
         names = self.catalog_.attributes
-        pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, fit.weights().tolist(), strict=True)]
+        pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, weights.tolist(), strict=True)]
         return sorted(pairs, key=lambda t: -t[1])
 
     def node_stats(self) -> dict[str, dict[str, float]]:
