@@ -224,7 +224,8 @@ class RankModel(Params):
             attributes under the ranking fit, instead of the plain result list (`Evidence.condition`), so that a
             value correlated with a wanted one (gold among women's watches) is not read as wanted itself.
             Ranking keeps the plain fit: the correlated proxy predicts clicks, and conditioned features ranked
-            worse under the shifted click model (docs/BENCHMARKS.md). Costs one more pass of training.
+            worse under the shifted click model (docs/BENCHMARKS.md). That fit's importance is the positive part
+            of each estimate (`NodeFit.point_weights`). Costs one more pass of training.
         seed: random seed for sampled comparison products.
     """
 
