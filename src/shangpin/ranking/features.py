@@ -69,7 +69,8 @@ class Evidence:
     """Every result list the session was shown, with its time."""
     _exposure: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
     _attract: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """Per engaged row with a list: (log attractiveness of each shown product per attribute, position effect)."""
+    """Per engaged row with a list: log choice odds of each shown product per attribute, and in all (position
+    effect plus every attribute)."""
     _logits: dict[tuple[int, float], tuple[dict[int, float], dict[int, dict[int, float]]]] = field(
         default_factory=dict
     )
@@ -87,8 +88,8 @@ class Evidence:
                 if attract is None:
                     weights = [1.0] * len(shown)
                 else:  # how likely each shown product was to be chosen for everything but its value of a
-                    h, g = attract
-                    weights = np.exp(g + h.sum(axis=1) - h[:, a]).tolist()
+                    h, whole = attract
+                    weights = np.exp(whole - h[:, a]).tolist()
                 for code, weight in zip(catalog.codes[shown, a].tolist(), weights, strict=True):
                     if code != MISSING:
                         counts[code] += weight
@@ -143,7 +144,7 @@ class Evidence:
                         p = table.get(code, 0.0) * exp(min(total.get(code, 0.0), MAX_EXPONENT) - z)
                         h[j, a] = math.log1p(p * grow)
             g = gamma(leaf)[[position_bucket(p) for p in range(1, len(shown) + 1)]]
-            self._attract[row] = (h, g)
+            self._attract[row] = (h, g + h.sum(axis=1))
         self._exposure.clear()
         self._logits.clear()
 

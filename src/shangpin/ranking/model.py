@@ -129,23 +129,22 @@ class NodeFit:
         normalised to 1 (uniform when nothing helps). Unlike E[max(beta, 0)] it does not credit an attribute
         for being uncertain: a nearly constant attribute has a wide posterior whose expected positive part is
         large whatever its estimate (over nine simulator runs rho rose in eight, docs/BENCHMARKS.md)."""
-        clipped: np.ndarray = np.clip(self.beta, 0.0, None)
-        total = float(clipped.sum())
-        if not len(clipped):
-            return clipped
-        out: np.ndarray = clipped / total if total > 1e-9 else np.full(len(clipped), 1.0 / len(clipped))
-        return out
+        return _shares(np.clip(self.beta, 0.0, None))
 
     def weights(self) -> np.ndarray:
         """Ranking weights: the expected positive part of beta, normalised to 1 (uniform when nothing helps)."""
         if self.fixed_weights is not None:
             return self.fixed_weights
-        positive = self.positive()
-        total = float(positive.sum())
-        if not len(positive):
-            return positive
-        out: np.ndarray = positive / total if total > 1e-9 else np.full(len(positive), 1.0 / len(positive))
-        return out
+        return _shares(self.positive())
+
+
+def _shares(values: np.ndarray) -> np.ndarray:
+    """Non-negative values normalised to sum to 1; uniform when they are all (near) 0."""
+    total = float(values.sum())
+    if not len(values):
+        return values
+    out: np.ndarray = values / total if total > 1e-9 else np.full(len(values), 1.0 / len(values))
+    return out
 
 
 @dataclass
@@ -319,6 +318,7 @@ class RankModel(Params):
         self.matcher_ = QueryMatcher(catalog)
         self.priors_ = Priors(catalog, mode=self.taste_prior)
         self.nodes_: dict[int, NodeFit] = {}
+        self.attribution_: dict[int, NodeFit] = {}
         self.t_ref_ = 0.0
         self.train_info_: dict[str, Any] = {"n_events": 0, "n_sessions": 0, "n_choices": 0, "updates": 0}
         self._learn(events, first=True)
@@ -400,7 +400,7 @@ class RankModel(Params):
                 by_node,
                 weights,
                 sessions_per_node,
-                getattr(self, "attribution_", {}) if not first else {},
+                self.attribution_,
                 decay_old,
                 passes + 1,
             )
@@ -563,8 +563,8 @@ class RankModel(Params):
         return self._by_weight(node)
 
     def _by_weight(self, node: int) -> list[tuple[str, float]]:
-        attribution = getattr(self, "attribution_", {}).get(node)
-        fit = attribution or self.nodes_[node]
+        attribution = self.attribution_.get(node)
+        fit = attribution if attribution is not None else self.nodes_[node]
         weights = attribution.point_weights() if attribution is not None else fit.weights()
         names = self.catalog_.attributes
         pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, weights.tolist(), strict=True)]
@@ -653,7 +653,7 @@ class RankModel(Params):
         state = {
             "catalog": self.catalog_.to_json(),
             "nodes": nodes,
-            "attribution": [fit.to_json() for _, fit in sorted(getattr(self, "attribution_", {}).items())],
+            "attribution": [fit.to_json() for _, fit in sorted(self.attribution_.items())],
             "priors": priors,
             "product_engaged": list(self.priors_.product_engaged.items()) if self.prior_own_out else [],
             "t_ref": self.t_ref_,
