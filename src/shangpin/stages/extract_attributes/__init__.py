@@ -81,7 +81,9 @@ class AttributeExtractor(Stage[Prediction]):
         num_layers: encoder layers kept (fewer = faster, see docs/BENCHMARKS.md).
         max_length: tokens per input sequence; longer descriptions are read in overlapping windows.
         use_description: read descriptions as well as titles.
-        epochs, batch_size, learning_rate, weight_decay, warmup_ratio: fine-tuning settings.
+        epochs, batch_size, learning_rate, weight_decay, warmup_ratio: fine-tuning settings. Batches of 32 at
+            5e-4 for 20 epochs scored 1.0 micro-F1 above 16 at 3e-4 for 15 on OA-Mine (five seeds, each higher)
+            in about the same training time; a few hundred titles trained for only 8 epochs do better with 16.
         dev_fraction: share of labelled products held out to calibrate scores and choose the threshold; 0.05
             scored 0.5 micro-F1 above 0.1 on OA-Mine (three seeds): the tagger gains more from the extra titles
             than the calibration loses.
@@ -167,9 +169,9 @@ class AttributeExtractor(Stage[Prediction]):
         num_layers: int = 4,
         max_length: int = 128,
         use_description: bool = True,
-        epochs: int = 15,
-        batch_size: int = 16,
-        learning_rate: float = 3e-4,
+        epochs: int = 20,
+        batch_size: int = 32,
+        learning_rate: float = 5e-4,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         dev_fraction: float = 0.05,
