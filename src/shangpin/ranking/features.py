@@ -121,11 +121,17 @@ class Evidence:
         self._exposure.clear()
         self._logits.clear()
         tables: dict[int, list[tuple[int, dict[int, float], dict[int, float], float, float]]] = {}
+        # Products chosen from the same list in the same leaf share its odds: computed once per list and leaf.
+        done: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         exp = math.exp
         for row, shown in self.shown.items():
             if not shown:
                 continue
             leaf = int(catalog.leaf[row])
+            same = done.get((id(shown), leaf))
+            if same is not None:
+                self._attract[row] = same
+                continue
             parts = tables.get(leaf)
             if parts is None:
                 s, b = strength(leaf), beta(leaf)
@@ -144,7 +150,7 @@ class Evidence:
                         p = table.get(code, 0.0) * exp(min(total.get(code, 0.0), MAX_EXPONENT) - z)
                         h[j, a] = math.log1p(p * grow)
             g = gamma(leaf)[[position_bucket(p) for p in range(1, len(shown) + 1)]]
-            self._attract[row] = (h, g + h.sum(axis=1))
+            self._attract[row] = done[(id(shown), leaf)] = (h, g + h.sum(axis=1))
         self._exposure.clear()
         self._logits.clear()
 

@@ -563,9 +563,12 @@ class RankModel(Params):
         return self._by_weight(node)
 
     def _by_weight(self, node: int) -> list[tuple[str, float]]:
-        attribution = self.attribution_.get(node)
-        fit = attribution if attribution is not None else self.nodes_[node]
-        weights = attribution.point_weights() if attribution is not None else fit.weights()
+        fit = self.attribution_.get(node)
+        if fit is not None:  # the conditioned fit, read as its point estimate (see `condition`)
+            weights = fit.point_weights()
+        else:
+            fit = self.nodes_[node]
+            weights = fit.weights()
         names = self.catalog_.attributes
         pairs = [(names[a], float(w)) for a, w in zip(fit.attributes, weights.tolist(), strict=True)]
         return sorted(pairs, key=lambda t: -t[1])
