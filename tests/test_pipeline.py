@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -80,6 +81,17 @@ def test_pipe_is_lazy_and_batched() -> None:
     first = [next(stream) for _ in range(6)]
     assert [p.description for p in first] == ["T0", "T1", "T2", "T3", "T4", "T5"]
     assert stage.calls == 2  # two batches of 4 were needed, no more
+
+
+def test_parameters_from_a_newer_version_are_reported(tmp_path: Path) -> None:
+    stage = Upper().fit([])
+    stage.save(tmp_path / "upper")
+    meta_path = tmp_path / "upper" / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["params"]["newer_option"] = 1
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(IncompatibleModelError, match=r"does not know \(newer_option\).*newer or patched"):
+        Upper.load(tmp_path / "upper")
 
 
 def test_unfitted_stage_in_pipeline() -> None:

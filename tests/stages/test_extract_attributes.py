@@ -232,6 +232,7 @@ def test_unknown_category_and_empty_title(int8_stage: AttributeExtractor) -> Non
 def test_dev_metrics_and_calibration_recorded(int8_stage: AttributeExtractor) -> None:
     info = int8_stage.train_info_
     assert info["n_dev"] == 4 and info["n_train"] == 36
+    assert info["epochs_run"] == int8_stage.epochs and info["tokens_per_epoch"] > 36
     assert set(info["dev_metrics"]) >= {"micro_f1", "macro_f1", "micro_precision", "micro_recall"}
     xs, ys = int8_stage.calibration_
     assert list(ys) == sorted(ys) and 0 <= ys[0] and ys[-1] <= 1  # isotonic: monotone, in [0, 1]
@@ -267,7 +268,7 @@ def test_value_mask_hides_only_value_words_and_changes_each_epoch(monkeypatch: p
     def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
         everything = list(range(len(lengths)))
         for _ in range(2):  # two epochs' worth of the same batch
-            ids, _mask, _types, labels, _allowed = batches_of(everything)
+            ids, _mask, _types, labels, _allowed, *_weights = batches_of(everything)
             seen.append((ids, labels))
         raise Stop
 
@@ -402,7 +403,7 @@ def test_category_loss_gives_each_row_only_its_category_labels(monkeypatch: pyte
         pass
 
     def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
-        _ids, _mask, _types, labels, allowed = batches_of(list(range(len(lengths))))
+        _ids, _mask, _types, labels, allowed, *_weights = batches_of(list(range(len(lengths))))
         seen.append((labels, allowed))
         raise Stop
 
@@ -482,3 +483,50 @@ def test_average_last_ends_on_the_mean_of_epoch_end_weights() -> None:
             mean = torch.stack([e[name] for e in epoch_ends[-n:]]).mean(0)
             assert torch.allclose(averaged[name], mean, atol=1e-6)
             assert not torch.allclose(averaged[name], last[name])
+
+
+def test_long_texts_train_fewer_epochs_within_the_token_cap(caplog: pytest.LogCaptureFixture) -> None:
+    stage = AttributeExtractor(epochs=20, max_train_tokens=800_000)
+    assert stage.epochs_for(30_000) == 20  # OA-Mine's titles: every epoch
+    assert caplog.records == []
+    assert stage.epochs_for(150_000) == 5  # with descriptions: 800,000 // 150,000
+    assert "training 5 epochs instead of 20" in caplog.text and "max_train_tokens=0" in caplog.text
+    assert stage.epochs_for(2_000_000) == 3  # never fewer than MIN_EPOCHS
+    assert AttributeExtractor(epochs=2, max_train_tokens=1000).epochs_for(10_000) == 2
+    assert AttributeExtractor(epochs=20, max_train_tokens=0).epochs_for(10**9) == 20
+
+
+def test_balance_fields_gives_title_and_description_words_half_the_loss_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    from shangpin.stages.extract_attributes import training
+
+    seen: list[tuple[Any, ...]] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model: object, batches_of: Any, lengths: list[int], **kwargs: object) -> dict[str, float]:
+        seen.append(batches_of(list(range(len(lengths)))))
+        raise Stop
+
+    monkeypatch.setattr(training, "train_token_classifier", spy)
+    titles = [replace(p, description="") for p in tiny_products(12)]
+    described = [replace(p, description="a long description of the product " * 3) for p in titles]
+    for products in (titles, described):
+        with pytest.raises(Stop):
+            AttributeExtractor(**AttributeExtractor.test_params, dev_fraction=0.0).fit(products)
+    plain, balanced = seen
+    assert len(plain) == 5  # titles only: the plain mean, as without balancing
+    _ids, _mask, _types, labels, _allowed, weights = balanced
+    assert weights.sum() == pytest.approx(1.0)
+    assert (weights[labels == -100] == 0).all()
+    title_w = {float(w) for w in weights[labels != -100]}
+    assert len(title_w) == 2  # one weight per field: the many description words each weigh less
+    with pytest.raises(Stop):
+        AttributeExtractor(**AttributeExtractor.test_params, dev_fraction=0.0, balance_fields=False).fit(
+            described
+        )
+    assert len(seen[-1]) == 5

@@ -192,6 +192,14 @@ class Stage(Params, abc.ABC, Generic[P]):
     def load(cls, path: Path) -> Self:
         """Load a stage saved by `save`."""
         meta = cls.read_meta(path)
+        unknown = sorted(set(meta["params"]) - set(cls._param_names()))
+        if unknown:
+            raise IncompatibleModelError(
+                f"{path} was saved with parameters this version of shangpin does not know "
+                f"({', '.join(unknown)}): it comes from a newer or patched version; load it with that version "
+                f"or retrain with 'shangpin train --task {cls.task}'",
+                stage=cls.name,
+            )
         stage = cls(**{**cls.legacy_params, **meta["params"]})
         stage._load_state(path)
         stage.train_info_ = meta.get("train", {})

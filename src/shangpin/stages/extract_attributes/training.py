@@ -98,8 +98,9 @@ def train_token_classifier(
     """Train with AdamW and linear warm-up/decay on length-bucketed batches.
 
     `lengths` are the examples' token counts; `batches_of(indices)` returns (input_ids, attention_mask,
-    token_type_ids, labels, allowed) numpy arrays, `allowed` (rows x labels, bool) or None: the labels each row's
-    softmax may use (the others get no probability mass, as at decoding). With `average_last` > 0 the model
+    token_type_ids, labels, allowed[, weights]) numpy arrays, `allowed` (rows x labels, bool) or None: the labels
+    each row's softmax may use (the others get no probability mass, as at decoding); `weights` (rows x tokens,
+    float, optional): the loss is the weighted sum of the tokens' cross-entropies instead of their mean. With `average_last` > 0 the model
     ends with the mean of its weights at the end of each of the last `average_last` epochs.
     """
     import torch
@@ -134,18 +135,28 @@ def train_token_classifier(
     for epoch in track(range(epochs), f"{stage}: training", total=epochs):
         losses = []
         for batch in _bucketed(lengths, batch_size, rng):
-            ids, mask, types, labels, allowed = batches_of(batch)
+            ids, mask, types, labels, allowed, *extra = batches_of(batch)
+            weights = extra[0] if extra else None
             inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
             if with_types:
                 inputs["token_type_ids"] = torch.from_numpy(types)
             logits = model(**inputs).logits
             if allowed is not None:
                 logits = logits.masked_fill(~torch.from_numpy(allowed)[:, None, :], -1e4)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                torch.from_numpy(labels).reshape(-1),
-                ignore_index=-100,
-            )
+            if weights is None:
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    torch.from_numpy(labels).reshape(-1),
+                    ignore_index=-100,
+                )
+            else:
+                per_token = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    torch.from_numpy(labels).reshape(-1),
+                    ignore_index=-100,
+                    reduction="none",
+                )
+                loss = (per_token * torch.from_numpy(weights).reshape(-1)).sum()
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
