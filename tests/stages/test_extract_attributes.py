@@ -523,8 +523,8 @@ def test_balance_fields_gives_title_and_description_words_half_the_loss_each(
     _ids, _mask, _types, labels, _allowed, weights = balanced
     assert weights.sum() == pytest.approx(1.0)
     assert (weights[labels == -100] == 0).all()
-    title_w = {float(w) for w in weights[labels != -100]}
-    assert len(title_w) == 2  # one weight per field: the many description words each weigh less
+    field_weights = {float(w) for w in weights[labels != -100]}
+    assert len(field_weights) == 2  # one weight per field: the many description words each weigh less
     with pytest.raises(Stop):
         AttributeExtractor(**AttributeExtractor.test_params, dev_fraction=0.0, balance_fields=False).fit(
             described

@@ -453,6 +453,14 @@ class AttributeExtractor(Stage[Prediction]):
 
         masker = np.random.default_rng(self.seed)
         mask_id = self.encoder_.mask_id
+        # Token positions of each sequence's description words, found once rather than in every batch.
+        desc_words = [
+            np.array(
+                [pos for pos, (f, _, _) in zip(s.words, s.spans, strict=True) if f == "description"],
+                dtype=int,
+            )
+            for s in seqs
+        ]
 
         def batches_of(idx: Sequence[int]) -> tuple[np.ndarray | None, ...]:
             chosen = [seqs[i] for i in idx]
@@ -473,8 +481,7 @@ class AttributeExtractor(Stage[Prediction]):
                 return ids, mask, types, lab, allowed
             in_desc = np.zeros(ids.shape, dtype=bool)
             for r, i in enumerate(idx):
-                for pos, (f, _, _) in zip(seqs[i].words, seqs[i].spans, strict=True):
-                    in_desc[r, pos] = f == "description"
+                in_desc[r, desc_words[i]] = True
             labelled = lab != -100
             if not (in_desc & labelled).any():
                 return ids, mask, types, lab, allowed  # titles only: the plain mean, as without balancing
@@ -501,7 +508,8 @@ class AttributeExtractor(Stage[Prediction]):
                 stage=self.name,
             )
         lengths = [len(s.ids) for s in seqs]
-        epochs = self.epochs_for(sum(lengths))
+        tokens_per_epoch = sum(lengths)
+        epochs = self.epochs_for(tokens_per_epoch)
         stats: dict[str, Any] = train_token_classifier(
             model,
             batches_of,
@@ -518,7 +526,7 @@ class AttributeExtractor(Stage[Prediction]):
             average_last=min(self.average_epochs, epochs),
         )
         stats["epochs_run"] = epochs
-        stats["tokens_per_epoch"] = sum(lengths)
+        stats["tokens_per_epoch"] = tokens_per_epoch
         stats["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.lora_rank:
             from shangpin.lora import merge

@@ -100,8 +100,9 @@ def train_token_classifier(
     `lengths` are the examples' token counts; `batches_of(indices)` returns (input_ids, attention_mask,
     token_type_ids, labels, allowed[, weights]) numpy arrays, `allowed` (rows x labels, bool) or None: the labels
     each row's softmax may use (the others get no probability mass, as at decoding); `weights` (rows x tokens,
-    float, optional): the loss is the weighted sum of the tokens' cross-entropies instead of their mean. With `average_last` > 0 the model
-    ends with the mean of its weights at the end of each of the last `average_last` epochs.
+    float, optional): the loss is the weighted sum of the tokens' cross-entropies instead of their mean. With
+    `average_last` > 0 the model ends with the mean of its weights at the end of each of the last `average_last`
+    epochs.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -143,19 +144,11 @@ def train_token_classifier(
             logits = model(**inputs).logits
             if allowed is not None:
                 logits = logits.masked_fill(~torch.from_numpy(allowed)[:, None, :], -1e4)
+            flat = (logits.reshape(-1, logits.shape[-1]), torch.from_numpy(labels).reshape(-1))
             if weights is None:
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]),
-                    torch.from_numpy(labels).reshape(-1),
-                    ignore_index=-100,
-                )
+                loss = torch.nn.functional.cross_entropy(*flat, ignore_index=-100)
             else:
-                per_token = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]),
-                    torch.from_numpy(labels).reshape(-1),
-                    ignore_index=-100,
-                    reduction="none",
-                )
+                per_token = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="none")
                 loss = (per_token * torch.from_numpy(weights).reshape(-1)).sum()
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
