@@ -242,8 +242,76 @@ def test_freeze_embeddings_keeps_the_word_embeddings_out_of_training() -> None:
     params = {**AttributeExtractor.test_params, "epochs": 1}
     free = AttributeExtractor(**params).fit(tiny_products(12)).train_info_
     frozen = AttributeExtractor(**params, freeze_embeddings=True).fit(tiny_products(12)).train_info_
-    vocabulary_rows_times_width = 30522 * 384  # all-MiniLM-L6-v2's word-embedding matrix
-    assert free["trainable_params"] - frozen["trainable_params"] == vocabulary_rows_times_width
+    # Only the rows of the token ids in the training data (and [MASK]) train, not all 30,522 of MiniLM's.
+    stage = AttributeExtractor(**params)
+    stage.fit(tiny_products(12))
+    seqs = stage.encoder_.encode(tiny_products(12), [p.category_path or "" for p in tiny_products(12)])
+    n_ids = len({i for s in seqs for i in s.ids} | {stage.encoder_.mask_id})
+    assert free["trainable_params"] - frozen["trainable_params"] == n_ids * 384
+
+
+def _tiny_bert_training(**options: Any) -> tuple[Any, dict[str, Any]]:
+    """A one-layer BERT trained 2 epochs on 8 random sequences of token ids 5..29 (vocabulary 50)."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from shangpin.stages.extract_attributes.training import train_token_classifier
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 30, (8, 6))
+    labels = rng.integers(0, 3, (8, 6))
+    torch.manual_seed(0)
+    model = BertForTokenClassification(config)
+    stats = train_token_classifier(
+        model,
+        lambda idx: (ids[idx], np.ones_like(ids[idx]), np.zeros_like(ids[idx]), labels[idx], None),
+        [6] * 8,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        seed=0,
+        stage="t",
+        freeze_embeddings=False,
+        **options,
+    )
+    return model, stats
+
+
+def test_training_only_the_rows_of_seen_tokens_learns_what_training_every_row_does() -> None:
+    import torch
+
+    full, full_stats = _tiny_bert_training()
+    rows, rows_stats = _tiny_bert_training(trained_rows=list(range(5, 30)))
+    assert isinstance(rows.get_input_embeddings(), torch.nn.Embedding)  # merged back for export
+    for name, value in full.state_dict().items():
+        assert torch.allclose(rows.state_dict()[name], value, atol=1e-5), name
+    embeddings = rows.get_input_embeddings().weight
+    torch.manual_seed(0)
+    untouched = type(full)(full.config).get_input_embeddings().weight
+    assert torch.equal(embeddings[30:], untouched[30:]) and not torch.allclose(embeddings[5:30], untouched[5:30])
+    assert full_stats["trainable_params"] - rows_stats["trainable_params"] == 25 * 16
+
+
+def test_bf16_autocast_trains_close_to_float32() -> None:
+    import torch
+
+    fp32, _ = _tiny_bert_training()
+    bf16, stats = _tiny_bert_training(bf16=True)
+    weight = "classifier.weight"
+    assert torch.isfinite(torch.tensor(stats["final_loss"]))
+    assert bf16.state_dict()[weight].dtype == torch.float32  # weights stay float32
+    assert not torch.equal(bf16.state_dict()[weight], fp32.state_dict()[weight])
+    assert torch.allclose(bf16.state_dict()[weight], fp32.state_dict()[weight], atol=0.05)
+
+
+def test_mixed_precision_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="mixed_precision must be 'auto', 'bf16' or 'fp32', not 'fp16'"):
+        AttributeExtractor(mixed_precision="fp16").fit(tiny_products(4))
 
 
 def test_layer_decay_depth_counts_layers_down_from_the_head() -> None:

@@ -66,6 +66,62 @@ def _depth_from_top(name: str, n_layers: int) -> int:
     return n_layers + 1 if "embeddings" in name else 0
 
 
+def _rows_only(model: Any, rows: Sequence[int]) -> Any:
+    """Swap the model's word embeddings for ones of which only `rows` (the token ids the training data holds)
+    are parameters; the others stay fixed. Returns the module, whose `merged()` gives back a plain embedding.
+
+    The other rows would get no gradient anyway, so the model learns the same (AdamW's weight decay no longer
+    shrinks them by ~0.4 % over a run), but the optimiser, gradient clipping and zeroing no longer sweep the
+    whole 30,522 x 384 matrix at every step: that sweep was most of a CPU step's cost (docs/BENCHMARKS.md).
+    """
+    import torch
+
+    class RowsOnly(torch.nn.Module):
+        def __init__(self, base: torch.nn.Embedding, ids: torch.Tensor) -> None:
+            super().__init__()
+            # Plain tensors, not buffers: this module only lives while training, on the CPU.
+            self.padding_idx = base.padding_idx
+            self.fixed: torch.Tensor = base.weight.detach().clone()
+            self.ids = ids
+            self.where = torch.full((base.num_embeddings,), -1, dtype=torch.long)
+            self.where[ids] = torch.arange(len(ids))
+            self.rows = torch.nn.Parameter(base.weight.detach()[ids].clone())
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            at = self.where[input_ids]
+            known = at >= 0
+            if bool(known.all()):
+                return self.rows[at]
+            fixed = torch.nn.functional.embedding(input_ids, self.fixed)
+            return torch.where(known[..., None], self.rows[at.clamp(min=0)], fixed)
+
+        def merged(self) -> torch.nn.Embedding:
+            rows, dim = self.fixed.shape
+            out = torch.nn.Embedding(rows, dim, padding_idx=self.padding_idx)
+            with torch.no_grad():
+                out.weight.copy_(self.fixed)
+                out.weight[self.ids] = self.rows
+            return out
+
+    base = model.get_input_embeddings()
+    keep = sorted({int(r) for r in rows if 0 <= int(r) < base.num_embeddings and int(r) != base.padding_idx})
+    module = RowsOnly(base, torch.tensor(keep, dtype=torch.long))
+    model.set_input_embeddings(module)
+    return module
+
+
+def bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX): training under bf16 autocast then
+    takes about half the time; without it (AVX2 machines) bf16 is emulated and slower than float32."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
 def _bucketed(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar lengths: less padding, so each step costs less on a CPU."""
     order = list(range(len(lengths)))
@@ -94,6 +150,8 @@ def train_token_classifier(
     freeze_embeddings: bool = True,
     layer_decay: float = 1.0,
     average_last: int = 0,
+    trained_rows: Sequence[int] | None = None,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Train with AdamW and linear warm-up/decay on length-bucketed batches.
 
@@ -102,7 +160,9 @@ def train_token_classifier(
     each row's softmax may use (the others get no probability mass, as at decoding); `weights` (rows x tokens,
     float, optional): the loss is the weighted sum of the tokens' cross-entropies instead of their mean. With
     `average_last` > 0 the model ends with the mean of its weights at the end of each of the last `average_last`
-    epochs.
+    epochs. `trained_rows`: token ids whose word-embedding rows train (the ids in the training data); the others
+    stay fixed, which costs nothing in what is learned and saves most of a step's time. None = every row.
+    `bf16`: run forward and backward under bfloat16 autocast (weights and optimiser stay float32).
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -117,6 +177,7 @@ def train_token_classifier(
         # The word-embedding matrix is half of MiniLM's parameters; its AdamW update dominates a CPU step, and
         # a thousand titles barely move it.
         model.get_input_embeddings().weight.requires_grad_(False)
+    rows_only = None if freeze_embeddings or trained_rows is None else _rows_only(model, trained_rows)
     no_decay = ("bias", "LayerNorm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_layers = int(getattr(model.config, "num_hidden_layers", 0))
@@ -127,6 +188,7 @@ def train_token_classifier(
         grouped.setdefault(key, []).append(param)
     groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in grouped.items()]
     opt = torch.optim.AdamW(groups, lr=learning_rate)
+    n_trained = sum(p.numel() for _, p in trainable)
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)  # type: ignore[no-untyped-call]
     with_types = takes_token_types(model)
     average = torch.optim.swa_utils.AveragedModel(model) if average_last > 1 else None
@@ -141,7 +203,8 @@ def train_token_classifier(
             inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
             if with_types:
                 inputs["token_type_ids"] = torch.from_numpy(types)
-            logits = model(**inputs).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**inputs).logits.float()
             if allowed is not None:
                 logits = logits.masked_fill(~torch.from_numpy(allowed)[:, None, :], -1e4)
             flat = (logits.reshape(-1, logits.shape[-1]), torch.from_numpy(labels).reshape(-1))
@@ -162,5 +225,7 @@ def train_token_classifier(
         log.info("stage '%s': epoch %d/%d loss %.4f", stage, epoch + 1, epochs, loss_value)
     if average is not None:
         model.load_state_dict(average.module.state_dict())
+    if rows_only is not None:
+        model.set_input_embeddings(rows_only.merged())
     model.eval()
-    return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value}
+    return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value, "trainable_params": n_trained}
