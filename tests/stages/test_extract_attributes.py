@@ -258,7 +258,12 @@ def _tiny_bert_training(**options: Any) -> tuple[Any, dict[str, Any]]:
     from shangpin.stages.extract_attributes.training import train_token_classifier
 
     config = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
     )
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 30, (8, 6))
@@ -293,7 +298,9 @@ def test_training_only_the_rows_of_seen_tokens_learns_what_training_every_row_do
     embeddings = rows.get_input_embeddings().weight
     torch.manual_seed(0)
     untouched = type(full)(full.config).get_input_embeddings().weight
-    assert torch.equal(embeddings[30:], untouched[30:]) and not torch.allclose(embeddings[5:30], untouched[5:30])
+    assert torch.equal(embeddings[30:], untouched[30:]) and not torch.allclose(
+        embeddings[5:30], untouched[5:30]
+    )
     assert full_stats["trainable_params"] - rows_stats["trainable_params"] == 25 * 16
 
 
@@ -598,3 +605,14 @@ def test_balance_fields_gives_title_and_description_words_half_the_loss_each(
             described
         )
     assert len(seen[-1]) == 5
+
+
+def test_the_same_seed_trains_the_same_model() -> None:
+    params = {**AttributeExtractor.test_params, "epochs": 2, "mixed_precision": "fp32"}
+    runs = [
+        AttributeExtractor(**params, seed=s).fit(tiny_products(12)).train_info_["final_loss"]
+        for s in (3, 3, 4)
+    ]
+    # The new head's initial weights too (threads may still reorder float sums: equal to 1e-6, not bit for bit).
+    assert runs[0] == pytest.approx(runs[1], abs=1e-5)
+    assert abs(runs[0] - runs[2]) > 1e-3

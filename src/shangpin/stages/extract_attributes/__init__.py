@@ -506,7 +506,9 @@ class AttributeExtractor(Stage[Prediction]):
                 weights[part] = 1.0 / (len(parts) * part.sum())
             return ids, mask, types, lab, allowed, weights
 
-        model = build_model(encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0)
+        model = build_model(
+            encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0, seed=self.seed
+        )
         lora: dict[str, Any] = {}
         if self.lora_rank:
             from shangpin.lora import adapter_report, apply_lora

@@ -19,8 +19,12 @@ from shangpin.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_types: int = 0) -> Any:
-    """A token-classification head on the encoder, keeping only its first `num_layers` layers.
+def build_model(
+    encoder: Path, labels: Sequence[str], num_layers: int, n_token_types: int = 0, seed: int = 0
+) -> Any:
+    """A token-classification head on the encoder, keeping only its first `num_layers` layers; the new head's
+    initial weights are drawn from `seed` (unseeded, two trainings with the same seed scored up to 1.4 micro-F1
+    apart on OA-Mine).
 
     With `n_token_types` > 2 the token-type embedding grows to that many rows, each new row starting as a copy of
     type 1 (so the model starts out exactly as pretrained and learns what the new types mean).
@@ -29,6 +33,7 @@ def build_model(encoder: Path, labels: Sequence[str], num_layers: int, n_token_t
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    torch.manual_seed(seed)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # the "newly initialised head" report is expected here
     model = AutoModelForTokenClassification.from_pretrained(
         str(encoder),
@@ -228,4 +233,8 @@ def train_token_classifier(
     if rows_only is not None:
         model.set_input_embeddings(rows_only.merged())
     model.eval()
-    return {"train_seconds": time.perf_counter() - t0, "final_loss": loss_value, "trainable_params": n_trained}
+    return {
+        "train_seconds": time.perf_counter() - t0,
+        "final_loss": loss_value,
+        "trainable_params": n_trained,
+    }
