@@ -107,8 +107,9 @@ class AttributeExtractor(Stage[Prediction]):
             rather than fp32.
         layer_decay: layer-wise learning-rate decay: the head learns at `learning_rate`, each layer below at
             this factor times the one above, the embeddings last (1.0 = one rate for all).
-        freeze_embeddings: keep the word embeddings fixed while fine-tuning: about 40 % faster on a CPU, 0.8
-            micro-F1 lower on the OA-Mine dev split (docs/BENCHMARKS.md), so off by default.
+        freeze_embeddings: keep the word embeddings fixed while fine-tuning: 0.8 micro-F1 lower on the OA-Mine
+            dev split (docs/BENCHMARKS.md), so off by default. It saved about 40 % of the training time when every
+            row trained; now that only the rows of tokens in the training data train, it saves little.
         case_features: tell the model each word's shape (Capitalised, UPPER, digits...) through extra token
             types; the MiniLM tokenizer lower-cases, which hides what capitals say about names and brands.
         category_prefix: read the category path before the text ("[CLS] category [SEP] title"); false (the

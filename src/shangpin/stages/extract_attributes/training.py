@@ -77,7 +77,7 @@ def _rows_only(model: Any, rows: Sequence[int]) -> Any:
 
     The other rows would get no gradient anyway, so the model learns the same (AdamW's weight decay no longer
     shrinks them by ~0.4 % over a run), but the optimiser, gradient clipping and zeroing no longer sweep the
-    whole 30,522 x 384 matrix at every step: that sweep was most of a CPU step's cost (docs/BENCHMARKS.md).
+    whole 30,522 x 384 matrix at every step: that sweep was a quarter of a CPU step (docs/BENCHMARKS.md).
     """
     import torch
 
@@ -166,7 +166,7 @@ def train_token_classifier(
     float, optional): the loss is the weighted sum of the tokens' cross-entropies instead of their mean. With
     `average_last` > 0 the model ends with the mean of its weights at the end of each of the last `average_last`
     epochs. `trained_rows`: token ids whose word-embedding rows train (the ids in the training data); the others
-    stay fixed, which costs nothing in what is learned and saves most of a step's time. None = every row.
+    stay fixed, which costs nothing in what is learned and saves a quarter of a step's time. None = every row.
     `bf16`: run forward and backward under bfloat16 autocast (weights and optimiser stay float32).
     """
     import torch
@@ -179,8 +179,7 @@ def train_token_classifier(
     steps_per_epoch = max(1, -(-n_examples // batch_size))
     total = steps_per_epoch * epochs
     if freeze_embeddings:
-        # The word-embedding matrix is half of MiniLM's parameters; its AdamW update dominates a CPU step, and
-        # a thousand titles barely move it.
+        # Every row fixed, the rows in use included (with `trained_rows` only those rows cost time anyway).
         model.get_input_embeddings().weight.requires_grad_(False)
     rows_only = None if freeze_embeddings or trained_rows is None else _rows_only(model, trained_rows)
     no_decay = ("bias", "LayerNorm.weight")
