@@ -250,8 +250,11 @@ def test_freeze_embeddings_keeps_the_word_embeddings_out_of_training() -> None:
     assert free["trainable_params"] - frozen["trainable_params"] == n_ids * 384
 
 
-def _tiny_bert_training(**options: Any) -> tuple[Any, dict[str, Any]]:
-    """A one-layer BERT trained 2 epochs on 8 random sequences of token ids 5..29 (vocabulary 50)."""
+def _tiny_bert_training(
+    epochs: int = 2, max_id: int = 30, on_batch: Any = None, **options: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A one-layer BERT trained on 8 random sequences of token ids 5..max_id-1 (vocabulary 50) in batches of 4;
+    `on_batch(model)` is called before each batch."""
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
@@ -266,15 +269,21 @@ def _tiny_bert_training(**options: Any) -> tuple[Any, dict[str, Any]]:
         num_labels=3,
     )
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, 30, (8, 6))
+    ids = rng.integers(5, max_id, (8, 6))
     labels = rng.integers(0, 3, (8, 6))
     torch.manual_seed(0)
     model = BertForTokenClassification(config)
+
+    def batches_of(idx: list[int]) -> tuple[np.ndarray | None, ...]:
+        if on_batch is not None:
+            on_batch(model)
+        return ids[idx], np.ones_like(ids[idx]), np.zeros_like(ids[idx]), labels[idx], None
+
     stats = train_token_classifier(
         model,
-        lambda idx: (ids[idx], np.ones_like(ids[idx]), np.zeros_like(ids[idx]), labels[idx], None),
+        batches_of,
         [6] * 8,
-        epochs=2,
+        epochs=epochs,
         batch_size=4,
         learning_rate=1e-2,
         weight_decay=0.0,
@@ -503,46 +512,15 @@ def test_category_loss_gives_each_row_only_its_category_labels(monkeypatch: pyte
 
 def test_average_last_ends_on_the_mean_of_epoch_end_weights() -> None:
     import torch
-    from transformers import BertConfig, BertForTokenClassification
-
-    from shangpin.stages.extract_attributes.training import train_token_classifier
-
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, 50, (8, 6))
-    labels = rng.integers(0, 3, (8, 6))
 
     def trained(average_last: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Final weights, and the weights at the start of each batch (8 examples, batches of 4: 2 per epoch)."""
-        torch.manual_seed(0)
-        model = BertForTokenClassification(config)
         starts: list[dict[str, torch.Tensor]] = []
 
-        def batches_of(idx: list[int]) -> tuple[np.ndarray | None, ...]:
+        def record(model: Any) -> None:
             starts.append({k: v.clone() for k, v in model.state_dict().items()})
-            return ids[idx], np.ones_like(ids[idx]), np.zeros_like(ids[idx]), labels[idx], None
 
-        train_token_classifier(
-            model,
-            batches_of,
-            [6] * 8,
-            epochs=3,
-            batch_size=4,
-            learning_rate=1e-2,
-            weight_decay=0.0,
-            warmup_ratio=0.0,
-            seed=0,
-            stage="t",
-            freeze_embeddings=False,
-            average_last=average_last,
-        )
+        model, _ = _tiny_bert_training(epochs=3, max_id=50, on_batch=record, average_last=average_last)
         return {k: v.clone() for k, v in model.state_dict().items()}, starts
 
     last, starts = trained(0)
