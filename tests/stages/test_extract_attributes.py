@@ -186,22 +186,16 @@ def int8_stage() -> AttributeExtractor:
 
 
 def test_int8_values_do_not_depend_on_batch_size(int8_stage: AttributeExtractor) -> None:
-    """Dynamic int8 quantisation scales activations per batch: scores may move a little, values should not."""
+    """Activation ranges are fixed at export (static int8): a product's values and scores are the same whatever
+    shares its batch (per-batch ranges changed 18 % of OA-Mine titles' values)."""
     products = tiny_products(40)
     one = list(int8_stage.pipe(copy.deepcopy(products), batch_size=1))
     many = list(int8_stage.pipe(copy.deepcopy(products), batch_size=64))
-    same = sum(
-        a.extracted.keys() == b.extracted.keys()
-        and all(a.extracted[k].value == b.extracted[k].value for k in a.extracted)
-        for a, b in zip(one, many, strict=True)
-    )
-    assert same >= 0.95 * len(products)
-    diffs = [
-        abs(a.extracted[k].score - b.extracted[k].score)
-        for a, b in zip(one, many, strict=True)
-        for k in a.extracted.keys() & b.extracted.keys()
-    ]
-    assert max(diffs) < 0.05
+    for a, b in zip(one, many, strict=True):
+        assert {k: (v.value, v.start, v.end) for k, v in a.extracted.items()} == {
+            k: (v.value, v.start, v.end) for k, v in b.extracted.items()
+        }
+        assert all(abs(a.extracted[k].score - b.extracted[k].score) < 1e-4 for k in a.extracted)
 
 
 def test_inference_overlaps_decoding_and_keeps_order(int8_stage: AttributeExtractor) -> None:
