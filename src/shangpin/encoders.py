@@ -86,7 +86,7 @@ def export_onnx(
     from those batches: a product's output then does not depend on which other products share its batch. Without
     them quantisation is dynamic (per-batch activation ranges), measured on an OA-Mine extraction model to change
     the extracted values of 18 % of titles between batch size 1 and 290. On another OA-Mine model (AVX2 CPU, 2
-    threads): fp32 77.63 dev micro-F1 at 403 titles/s, static int8 77.38 at 619-679 (docs/BENCHMARKS.md).
+    threads, five seeds): fp32 77.62 dev micro-F1 at 403 titles/s, static int8 77.26 at 619-679 (docs/BENCHMARKS.md).
     """
     import torch
 
@@ -181,7 +181,8 @@ def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str,
     Built from onnxruntime's dynamic recipe with its per-batch ranges frozen: every DynamicQuantizeLinear becomes
     a QuantizeLinear with the scale and zero point it would compute over the calibration feeds. Against
     onnxruntime's static QOperator graph (QLinearMatMul, output requantised to uint8 before the bias) this skips
-    a requantise/dequantise pair per matmul: 18 % faster on an AVX2 CPU and closer to fp32 (docs/BENCHMARKS.md).
+    a requantise/dequantise pair per matmul: 15-22 % faster on an AVX2 CPU, and as accurate (OA-Mine, five seeds:
+    77.26 against 77.05 micro-F1, 73.77 against 74.18 macro; docs/BENCHMARKS.md).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
