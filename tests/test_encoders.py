@@ -6,11 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from shangpin.encoders import OnnxRunner, export_onnx
-
-pytest.importorskip("onnxruntime")
 
 
 def _tiny_bert() -> object:
