@@ -8,10 +8,9 @@ so `shangpin predict`, `Pipeline.load` and `shangpin serve` load it unchanged. O
   per-channel weights and activation ranges fixed on 512 sequences of calibration products (the training file
   recorded in meta.json, or `calibration`), the recipe training uses. Not dynamically: per-batch ranges made an
   OA-Mine product's extracted values depend on the other products of its batch (docs/BENCHMARKS.md).
-- ``categorize/sentence.onnx`` and ``index/encoder/sentence.onnx`` (MiniLM sentence vectors): int8 at training
-  time (categorisation: static, ranges fixed on its training texts, 64 texts per call; the index and zero-shot
-  categorisation: dynamic, one text per call); an fp32 graph is quantised dynamically (per-channel weights), which
-  stays batch-independent because the encoder then runs one text per call.
+- ``categorize/sentence.onnx`` and ``index/encoder/sentence.onnx`` (MiniLM sentence vectors): written as dynamic
+  int8 at training time; an fp32 graph is quantised dynamically (per-channel weights), which stays
+  batch-independent because the encoder runs one text per call.
 - ``recommend_tags``: its keyphrase encoder ran the torch checkpoint; the export writes it as a MiniLM ONNX graph
   (``recommend_tags/sentence.onnx``, dynamic int8 or fp32), which the stage then uses instead of torch.
 - ``predict_attributes/image.onnx`` (EfficientNet-Lite0) stays fp32 with either setting: int8 dynamic
