@@ -174,15 +174,6 @@ def quantized_op_count(path: Path) -> int:
     return sum(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
-FIXED_RANGES_KEY = "shangpin.fixed_activation_ranges"
-"""ONNX metadata key set to "true" on static int8 graphs: their outputs do not depend on the batch."""
-
-
-def has_fixed_ranges(session: Any) -> bool:
-    """Whether an onnxruntime session runs a static int8 graph of `_quantize_static` (batch-independent)."""
-    return bool(session.get_modelmeta().custom_metadata_map.get(FIXED_RANGES_KEY) == "true")
-
-
 def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
     """int8 per-channel weights; each int8 matmul's input quantised with a range fixed on `calibration` and its
     output returned as float (com.microsoft MatMulIntegerToFloat, bias included).
@@ -215,7 +206,6 @@ def _quantize_static(fp32: Path, out_file: Path, calibration: Sequence[dict[str,
         dynamic.unlink(missing_ok=True)
     _freeze_activation_ranges(model, calibration)
     _fuse_integer_matmuls(model)
-    onnx.helper.set_model_props(model, {FIXED_RANGES_KEY: "true"})
     onnx.save(model, str(out_file))
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from shangpin.encoders import has_fixed_ranges, l2_normalise, num_threads, resolve_encoder
+from shangpin.encoders import l2_normalise, num_threads, resolve_encoder
 from shangpin.errors import ConfigError
 
 SENTENCE_ENCODERS = ("minilm", "use")
@@ -50,16 +50,14 @@ class MiniLMSentenceEncoder:
         tokenizer_file: Path,
         *,
         max_length: int = 96,
-        batch_size: int | None = None,
+        batch_size: int = 1,
         threads: int | None = None,
     ):
-        """`batch_size` None: 64 texts per ONNX Runtime call for a graph with fixed activation ranges (static
-        int8, written when `export` had calibration texts), else one (dynamic int8: ranges from the text alone)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.onnx_file, self.tokenizer_file = onnx_file, tokenizer_file
-        self.max_length = max_length
+        self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.no_padding()
@@ -68,9 +66,6 @@ class MiniLMSentenceEncoder:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-        if batch_size is None:
-            batch_size = 64 if has_fixed_ranges(self.session) else 1
-        self.batch_size = batch_size
         self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
 
     @classmethod
@@ -82,7 +77,6 @@ class MiniLMSentenceEncoder:
         max_length: int = 96,
         model: Any = None,
         quantize: bool = True,
-        calibration_texts: Sequence[str] = (),
     ) -> MiniLMSentenceEncoder:
         """Export the checkpoint (default: the shipped MiniLM; or an already loaded/fine-tuned `model`) to ONNX in
         `folder` (needs torch).
@@ -91,10 +85,11 @@ class MiniLMSentenceEncoder:
         from the text alone, so its vector never depends on what else is encoded. Measured on 300 MWPD product
         texts, 2 threads: dynamic int8 one text per run 104 texts/s, dynamic int8 batches of 64 90/s (and a text's
         vector then depends on its batch: cosine down to 0.96), fp32 batches of 64 60/s; cosine to the fp32
-        vectors 0.993. With `calibration_texts` (typical texts; the first 512 are read) activation ranges are fixed
-        on them instead (static int8, `shangpin.encoders.export_onnx`) and texts run 64 per call: cosine to fp32
-        0.993 on 600 MWPD texts, 1.5x faster than dynamic one at a time (docs/BENCHMARKS.md); onnxruntime's own
-        static graph had reached only 0.938. `quantize=False` exports fp32.
+        vectors 0.993. Static int8 ranges (calibrated) were batch-independent but far from fp32 (0.938 MinMax,
+        0.946 percentile 99.99, 0.938 entropy) with onnxruntime's QOperator graph; the current static recipe of
+        `shangpin.encoders.export_onnx` (matmul outputs kept in float) reaches cosine 0.993 in batches of 64, 1.5x
+        faster than dynamic one text at a time (600 MWPD texts, docs/BENCHMARKS.md), but needs calibration texts
+        at export, which the callers do not pass yet. `quantize=False` exports fp32.
         """
         import torch
         from transformers import AutoModel
@@ -106,16 +101,7 @@ class MiniLMSentenceEncoder:
         torch.set_num_threads(num_threads())
         if model is None:
             model = AutoModel.from_pretrained(str(src))
-        calibration = (
-            _calibration_feeds(src / "tokenizer.json", calibration_texts, max_length) if quantize else []
-        )
-        export_onnx(
-            model,
-            folder / cls.ONNX_FILE,
-            quantize=quantize,
-            output="last_hidden_state",
-            calibration=calibration,
-        )
+        export_onnx(model, folder / cls.ONNX_FILE, quantize=quantize, output="last_hidden_state")
         shutil.copyfile(src / "tokenizer.json", folder / cls.TOKENIZER_FILE)
         return cls(folder / cls.ONNX_FILE, folder / cls.TOKENIZER_FILE, max_length=max_length)
 
@@ -140,25 +126,6 @@ class MiniLMSentenceEncoder:
         for src, name in ((self.onnx_file, self.ONNX_FILE), (self.tokenizer_file, self.TOKENIZER_FILE)):
             if src.resolve() != (folder / name).resolve():
                 shutil.copyfile(src, folder / name)
-
-
-def _calibration_feeds(
-    tokenizer_file: Path, texts: Sequence[str], max_length: int, n: int = 512, batch: int = 32
-) -> list[dict[str, np.ndarray]]:
-    """Model feeds of the first `n` texts, sorted by length into batches as `encode` runs them."""
-    from tokenizers import Tokenizer
-
-    if not texts:
-        return []
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.enable_truncation(max_length)
-    tokenizer.no_padding()
-    rows = sorted((e.ids for e in tokenizer.encode_batch([t or "" for t in texts[:n]])), key=len)
-    feeds = []
-    for i in range(0, len(rows), batch):
-        ids, mask = _pad(rows[i : i + batch])
-        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
-    return feeds
 
 
 def _pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -202,15 +169,10 @@ class USESentenceEncoder:
         """Nothing to write: the weights ship with the package."""
 
 
-def create_sentence_encoder(
-    kind: str, folder: Path, *, max_length: int = 96, calibration_texts: Sequence[str] = ()
-) -> SentenceEncoder:
-    """A sentence encoder of `kind` for training, writing what it needs into `folder` (MiniLM: its ONNX export,
-    static int8 when `calibration_texts` are given)."""
+def create_sentence_encoder(kind: str, folder: Path, *, max_length: int = 96) -> SentenceEncoder:
+    """A sentence encoder of `kind` for training, writing what it needs into `folder` (MiniLM: its ONNX export)."""
     if kind == "minilm":
-        return MiniLMSentenceEncoder.export(
-            folder, max_length=max_length, calibration_texts=calibration_texts
-        )
+        return MiniLMSentenceEncoder.export(folder, max_length=max_length)
     if kind == "use":
         return USESentenceEncoder()
     raise ConfigError(f"unknown sentence encoder '{kind}'; expected one of {', '.join(SENTENCE_ENCODERS)}")

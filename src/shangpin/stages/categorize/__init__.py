@@ -203,16 +203,12 @@ class Categorizer(Stage[CategoryPrediction]):
         }
         self._workdir = tempfile.TemporaryDirectory(prefix="shangpin-categorize-")
         self._sentence: SentenceEncoder | None = None
-        # Typical texts fix the int8 encoder's activation ranges, so it can encode in batches (1.5x faster).
-        calibration = [self._vector_text(p) for p in products[:512]]
         if self._checkpoint():
             self._sentence = MiniLMSentenceEncoder.export(
-                Path(self._workdir.name), encoder=self._checkpoint(), calibration_texts=calibration
+                Path(self._workdir.name), encoder=self._checkpoint()
             )
         elif self.encoder_kind_ != "none":
-            self._sentence = create_sentence_encoder(
-                self.encoder_kind_, Path(self._workdir.name), calibration_texts=calibration
-            )
+            self._sentence = create_sentence_encoder(self.encoder_kind_, Path(self._workdir.name))
 
         self._dense_cache: dict[int, np.ndarray] | None = {}
         dev, train = dev_split(labelled, self.dev_fraction, random.Random(self.seed))
@@ -352,12 +348,7 @@ class Categorizer(Stage[CategoryPrediction]):
             lora_rank=self.finetune_lora_rank,
             seed=self.seed,
         )
-        export_finetuned(
-            model,
-            folder,
-            encoder=self._checkpoint(),
-            calibration_texts=[self._vector_text(p) for p in train[:512]],
-        )
+        export_finetuned(model, folder, encoder=self._checkpoint())
         self._sentence = MiniLMSentenceEncoder(
             folder / MiniLMSentenceEncoder.ONNX_FILE, folder / MiniLMSentenceEncoder.TOKENIZER_FILE
         )

@@ -147,11 +147,8 @@ def finetune_encoder(
     return base, info
 
 
-def export_finetuned(
-    model: Any, folder: Path, encoder: str = "", calibration_texts: Sequence[str] = ()
-) -> None:
-    """Write the fine-tuned encoder as `MiniLMSentenceEncoder` files (ONNX + tokenizer) into `folder` (static int8
-    with `calibration_texts`)."""
+def export_finetuned(model: Any, folder: Path, encoder: str = "") -> None:
+    """Write the fine-tuned encoder as `MiniLMSentenceEncoder` files (ONNX + tokenizer) into `folder`."""
     from shangpin.sentence import MiniLMSentenceEncoder
 
-    MiniLMSentenceEncoder.export(folder, encoder=encoder, model=model, calibration_texts=calibration_texts)
+    MiniLMSentenceEncoder.export(folder, encoder=encoder, model=model)
