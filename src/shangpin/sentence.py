@@ -88,8 +88,10 @@ class MiniLMSentenceEncoder:
         vectors 0.993. Static int8 ranges (calibrated) were batch-independent but far from fp32 (0.938 MinMax,
         0.946 percentile 99.99, 0.938 entropy) with onnxruntime's QOperator graph; the current static recipe of
         `shangpin.encoders.export_onnx` (matmul outputs kept in float) reaches cosine 0.993 in batches of 64, 1.5x
-        faster than dynamic one text at a time (600 MWPD texts, docs/BENCHMARKS.md), but needs calibration texts
-        at export, which the callers do not pass yet. `quantize=False` exports fp32.
+        faster than dynamic one text at a time on 600-character texts measured under load, but in the
+        categorisation benchmark (texts of ~330 characters, quiet machine) no faster (74-89 against 69-87 texts/s)
+        for 240 MiB more memory, so it was wired in, measured and taken out again (docs/BENCHMARKS.md).
+        `quantize=False` exports fp32.
         """
         import torch
         from transformers import AutoModel
