@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from shangpin.records import AttributeValue, CategoryPrediction, Product, ScoredLabel
 from shangpin.storage.catalog import product_to_input
@@ -57,3 +58,29 @@ def write_products(path: Path, products: Iterable[Product]) -> Path:
     """Products as input JSONL at `path`, the file `shangpin train/predict --data` reads."""
     path.write_text("".join(json.dumps(product_to_input(p)) + "\n" for p in products), encoding="utf-8")
     return path
+
+
+def tiny_bert(
+    *,
+    vocab_size: int = 50,
+    hidden_size: int = 16,
+    layers: int = 1,
+    heads: int = 2,
+    intermediate_size: int = 32,
+    labels: int = 3,
+    seed: int = 0,
+) -> Any:
+    """A BertForTokenClassification small enough to train or export within a test, initialised from `seed`."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        num_labels=labels,
+    )
+    torch.manual_seed(seed)
+    return BertForTokenClassification(config)

@@ -8,22 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shangpin.encoders import OnnxRunner, export_onnx
-
-
-def _tiny_bert() -> object:
-    import torch
-    from transformers import BertConfig, BertForTokenClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    return BertForTokenClassification(config)
+from tests.factories import tiny_bert
 
 
 def _feed(rng: np.random.Generator, n: int, length: int) -> dict[str, np.ndarray]:
@@ -37,7 +22,7 @@ def _feed(rng: np.random.Generator, n: int, length: int) -> dict[str, np.ndarray
 def test_static_int8_rows_do_not_depend_on_their_batch_and_stay_close_to_fp32(tmp_path: Path) -> None:
     import onnx
 
-    model = _tiny_bert()
+    model = tiny_bert(vocab_size=60, hidden_size=32, layers=2, heads=4, intermediate_size=64, labels=5)
     rng = np.random.default_rng(0)
     calibration = [_feed(rng, 8, 10) for _ in range(4)]
     fp32 = OnnxRunner(export_onnx(model, tmp_path / "fp32.onnx", quantize=False), threads=1)

@@ -16,7 +16,7 @@ from shangpin.records import AttributeValue, CategoryPrediction, Product
 from shangpin.stages.extract_attributes import AttributeExtractor
 from shangpin.stages.extract_attributes.decoding import EdgeRules, LabelSpace, decode
 from shangpin.stages.extract_attributes.encoding import Encoder, find_value, gold_spans, token_labels
-from tests.factories import tiny_products
+from tests.factories import tiny_bert, tiny_products
 
 
 def test_find_value_respects_word_boundaries_and_taken_spans() -> None:
@@ -249,24 +249,12 @@ def _tiny_bert_training(
 ) -> tuple[Any, dict[str, Any]]:
     """A one-layer BERT trained on 8 random sequences of token ids 5..max_id-1 (vocabulary 50) in batches of 4;
     `on_batch(model)` is called before each batch."""
-    import torch
-    from transformers import BertConfig, BertForTokenClassification
-
     from shangpin.stages.extract_attributes.training import train_token_classifier
 
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
     rng = np.random.default_rng(0)
     ids = rng.integers(5, max_id, (8, 6))
     labels = rng.integers(0, 3, (8, 6))
-    torch.manual_seed(0)
-    model = BertForTokenClassification(config)
+    model = tiny_bert()
 
     def batches_of(idx: list[int]) -> tuple[np.ndarray | None, ...]:
         if on_batch is not None:
