@@ -5,6 +5,13 @@ the ExtractGPT counting, and runs a dictionary-lookup baseline (longest training
 title) in the same run. Whole-command figures come from running the real CLI in a subprocess.
 
     python benchmarks/extraction.py [--dev-fraction 0.2] [--seed 13] [--set key=value ...] [--out benchmarks/out]
+
+Other data: --data FILE (product JSONL, ExtractGPT JSONL, or a character-level BIO/BIOES file such as the Chinese
+e-commerce NER set, whose entity types become attributes), and --dev-data FILE to score on a given dev file
+instead of carving one:
+
+    python benchmarks/extraction.py --data ../shared/data/zh/ner/train.txt.bieos \
+        --dev-data ../shared/data/zh/ner/dev.txt.bieos --out benchmarks/out/zh
 """
 
 from __future__ import annotations
@@ -45,6 +52,51 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
     return wall, rss_kib / 1024, proc.stderr
 
 
+def read_tagged(path: Path) -> list[Product]:
+    """Products from a character-level BIO/BIOES file (one "character tag" per line, a blank line between
+    titles): each entity type is an attribute whose values are the title's entities of that type; a type with no
+    entity in a title is known absent (null), as NER annotation implies."""
+    titles: list[list[tuple[str, str]]] = [[]]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if titles[-1]:
+                titles.append([])
+            continue
+        parts = line.split()
+        titles[-1].append((" " if len(parts) == 1 else parts[0], parts[-1]))
+    titles = [t for t in titles if t]
+    kinds = sorted({tag.split("-", 1)[1] for t in titles for _, tag in t if "-" in tag})
+    out = []
+    for k, chars in enumerate(titles):
+        text = "".join(c for c, _ in chars)
+        found: dict[str, list[str]] = {kind: [] for kind in kinds}
+        start = None
+        for i, (_, tag) in enumerate(chars):
+            edge, _, kind = tag.partition("-")
+            if edge in ("B", "S"):
+                start = i
+            elif edge == "O" or start is None:
+                start = None
+                continue
+            if edge in ("E", "S") or i + 1 == len(chars) or not chars[i + 1][1].startswith(("I-", "E-")):
+                value = text[start : i + 1].strip()
+                if value and value not in found[kind]:
+                    found[kind].append(value)
+                start = None
+        attrs = {
+            kind: AttributeValue(kind, vs[0], alternatives=tuple(vs[1:])) if vs else None
+            for kind, vs in found.items()
+        }
+        out.append(Product(f"{path.stem}-{k}", text, attributes=attrs))
+    return out
+
+
+def load(path: Path) -> list[Product]:
+    if path.suffix in (".bio", ".bioes", ".bieos"):
+        return read_tagged(path)
+    return list(read_products(path))
+
+
 def dictionary_baseline(train: list[Product], dev: list[Product]) -> dict[str, float]:
     values: dict[tuple[str, str], set[str]] = defaultdict(set)
     for p in train:
@@ -80,6 +132,9 @@ def score_file(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument(
+        "--dev-data", type=Path, default=None, help="score on this file instead of a carved split"
+    )
     ap.add_argument("--dev-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--set", action="append", default=[], help="stage override, e.g. num_layers=4")
@@ -90,26 +145,33 @@ def main() -> None:
         sys.exit(f"{args.data} not found: this benchmark needs ../shared/data beside the repository")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    products = list(read_products(args.data))
-    rng = random.Random(args.seed)
-    idx = list(range(len(products)))
-    rng.shuffle(idx)
-    n_dev = int(len(products) * args.dev_fraction)
-    dev = [products[i] for i in sorted(idx[:n_dev])]
-    train = [products[i] for i in sorted(idx[n_dev:])]
+    products = load(args.data)
+    if args.dev_data is not None:
+        train, dev = products, load(args.dev_data)
+    else:
+        rng = random.Random(args.seed)
+        idx = list(range(len(products)))
+        rng.shuffle(idx)
+        n_dev = int(len(products) * args.dev_fraction)
+        dev = [products[i] for i in sorted(idx[:n_dev])]
+        train = [products[i] for i in sorted(idx[n_dev:])]
     for name, items in (("train", train), ("dev", dev)):
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(product_to_input(p), ensure_ascii=False) + "\n" for p in items)
     with open(out / "dev_unlabelled.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(
-            json.dumps({"id": p.product_id, "title": p.title, "category": p.category_path}) + "\n"
+            json.dumps(
+                {"id": p.product_id, "title": p.title, "category": p.category_path}, ensure_ascii=False
+            )
+            + "\n"
             for p in dev
         )
     rng2 = random.Random(0)
     with open(out / "throughput.jsonl", "w", encoding="utf-8") as fh:
         for i in range(args.throughput_n):
             p = dev[rng2.randrange(len(dev))]
-            fh.write(json.dumps({"id": f"t{i}", "title": p.title, "category": p.category_path}) + "\n")
+            row = {"id": f"t{i}", "title": p.title, "category": p.category_path}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     env = {**os.environ, "SHANGPIN_PROGRESS": "0"}
     os.environ.update(env)
@@ -173,6 +235,7 @@ def main() -> None:
     meta = json.loads((model / "extract_attributes" / "meta.json").read_text())
     result = {
         "data": str(args.data),
+        "dev_data": str(args.dev_data) if args.dev_data else None,
         "seed": args.seed,
         "n_train": len(train),
         "n_dev": len(dev),

@@ -24,6 +24,23 @@ def test_find_value_respects_word_boundaries_and_taken_spans() -> None:
     assert find_value("Redwood, RED", "red", []) == [(9, 12)]  # case-insensitive only when exact is absent
     assert find_value("Navy Blue, Navy", "Navy", [(0, 9)]) == [(11, 15)]
     assert find_value("8 M US", "", []) == []
+    # Chinese titles have no spaces: each ideograph is a word, so values are found inside a run of them.
+    assert find_value("三只松鼠花草茶茶泡袋", "花草茶", []) == [(4, 7)]
+    assert find_value("150g美妍茶", "150", []) == []
+
+
+def test_chinese_titles_get_character_words_and_labels() -> None:
+    enc = Encoder(default_encoder_path() / "tokenizer.json")
+    p = Product(
+        "1",
+        "飞利浦理发器配件",
+        attributes={"品牌": AttributeValue("品牌", "飞利浦"), "品类": AttributeValue("品类", "理发器")},
+    )
+    (seq,) = enc.encode([p], [""])
+    assert [p.title[s:e] for _, s, e in seq.spans] == list(p.title)
+    ids = {"O": 0, "B-品牌": 1, "I-品牌": 2, "B-品类": 3, "I-品类": 4}
+    labels = token_labels(seq, gold_spans(p, ("title",)), ids)
+    assert [labels[i] for i in seq.words] == [1, 2, 2, 3, 4, 4, 0, 0]
 
 
 def test_gold_spans_prefer_longer_values() -> None:
@@ -99,6 +116,24 @@ def test_edge_rules_learned_from_training_values() -> None:
     a, b = rules.tidy("a , b", 2, 3)
     assert a == b  # nothing left
     assert EdgeRules().tidy("x-y", 0, 3) == (0, 3)
+
+
+def test_values_do_not_run_across_a_space_beside_chinese_characters() -> None:
+    chinese = [(f"{v}茶具 x", v) for v in ("铁观音", "礼盒装", "麻辣烫", "小吃车")] * 6
+    rules = EdgeRules.learn(chinese)
+    assert rules.split_han_gaps and not EdgeRules.learn([("Navy Blue Shoe", "Navy Blue")] * 30).split_han_gaps
+    assert not EdgeRules.learn([*chinese, *[("富士 施乐", "富士 施乐")] * 2]).split_han_gaps  # 2 of 26: kept
+    text = "伽赫 麻辣烫 hello kitty"
+    words = [("title", i, i + 1) for i in (0, 1, 3, 4, 5)] + [("title", 7, 12), ("title", 13, 18)]
+    stops = rules.barriers(lambda f: text, words)
+    assert stops is not None and stops.tolist() == [False, False, True, False, False, True, False]
+    assert rules.barriers(lambda f: "hello kitty", [("title", 0, 5), ("title", 6, 11)]) is None
+    # The decoder's best span would run over the gap; with the barrier it stops at the space.
+    everything = LabelSpace.of(np.ones(3, dtype=bool))  # O, B-0, I-0
+    logits = _logits([[0.05, 0.9, 0.05], [0.05, 0.05, 0.9], [0.3, 0.05, 0.65]] + [[0.9, 0.05, 0.05]] * 4)
+    (free,) = decode(logits, words, everything)
+    (barred,) = decode(logits, words, everything, barriers=stops)
+    assert (free.start, free.end, barred.start, barred.end) == (0, 4, 0, 2)
 
 
 def test_long_description_read_in_overlapping_windows() -> None:
@@ -576,3 +611,49 @@ def test_the_same_seed_trains_the_same_model() -> None:
     # The new head's initial weights too (threads may still reorder float sums: equal to 1e-6, not bit for bit).
     assert runs[0] == pytest.approx(runs[1], abs=1e-5)
     assert abs(runs[0] - runs[2]) > 1e-3
+
+
+def test_encoder_adds_unknown_chinese_characters() -> None:
+    enc = Encoder(default_encoder_path() / "tokenizer.json")
+    unk, size = enc.unk_id, enc.vocab_size
+    title = "三只松鼠花草茶茶泡袋"
+    before = enc.tokenizer.encode(title, add_special_tokens=False).ids
+    assert before.count(unk) >= 4  # 只, 鼠, 草 and 茶 are not in MiniLM's English vocabulary
+    added = enc.add_characters([title, title, "花茶 Tea", "袋"], min_count=2)
+    assert "鼠" in added and "袋" in added and "三" not in added  # 三 was in the vocabulary already
+    after = enc.tokenizer.encode(title, add_special_tokens=False)
+    assert unk not in after.ids and enc.vocab_size == size + len(added)
+    assert [o for o in after.offsets] == [(i, i + 1) for i in range(len(title))]  # a word per character
+    assert Encoder(default_encoder_path() / "tokenizer.json").add_characters(["Navy Blue"], 1) == []
+
+
+CHINESE_BRANDS = ["三只松鼠", "百草味", "良品铺子", "飞利浦"]
+CHINESE_PRODUCTS = ["花草茶", "枸杞茶", "理发器", "茶泡袋", "坚果礼盒"]
+
+
+def test_chinese_titles_train_and_predict_end_to_end(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    products = []
+    for i in range(30):
+        brand, kind = rng.choice(CHINESE_BRANDS), rng.choice(CHINESE_PRODUCTS)
+        title = f"{brand}{kind}{rng.choice(['包邮', '正品', '新款'])} {rng.randint(100, 999)}g"
+        attrs = {"品牌": AttributeValue("品牌", brand), "品类": AttributeValue("品类", kind)}
+        products.append(Product(f"zh{i}", title, attributes=attrs))
+    stage = AttributeExtractor(**{**AttributeExtractor.test_params, "dev_fraction": 0.1})
+    stage.fit(products)
+    assert stage.train_info_["n_added_characters"] >= 10
+    stage.save(tmp_path / "zh")
+    loaded = AttributeExtractor.load(tmp_path / "zh")
+    assert loaded.encoder_.vocab_size == stage.encoder_.vocab_size  # the grown vocabulary is saved with it
+    preds = loaded.predict(products)
+    found = sum(
+        pred.get(name) is not None and pred[name].value == av.value
+        for p, pred in zip(products, preds, strict=True)
+        for name, av in p.attributes.items()
+        if av is not None
+    )
+    assert found >= 30  # of 60 values in titles it trained on; offsets are exact spans of the title
+    for p, pred in zip(products, preds, strict=True):
+        assert all(p.title[v.start : v.end] == v.value for v in pred.values())

@@ -9,11 +9,11 @@ from functools import lru_cache
 from typing import Any
 
 from shangpin.errors import ConfigError
+from shangpin.text import HAN, has_han
 
 # Chinese (CJK ideographs) runs go to jieba; everything else is split into letters/digits runs.
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_RUNS = re.compile(f"[{_HAN}]+|[^\\W_{_HAN}]+")  # "150g美妍茶" -> "150g", "美妍茶"
-_CJK = re.compile(f"[{_HAN}]")
+_RUNS = re.compile(f"[{HAN}]+|[^\\W_{HAN}]+")  # "150g美妍茶" -> "150g", "美妍茶"
+_CJK = re.compile(f"[{HAN}]")
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or s the to with without 的 和 与 及 之 是 在 了".split()
 )
@@ -69,4 +69,4 @@ def facet_term(kind: str, value: str) -> str:
 
 def has_chinese(text: str) -> bool:
     """Whether the text holds a Chinese character."""
-    return _CJK.search(text) is not None
+    return has_han(text)

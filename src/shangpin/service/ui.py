@@ -6,7 +6,6 @@ The API accepts that cookie only together with the `X-Requested-With: shangpin` 
 cannot send (CSRF).
 """
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ from fastapi.templating import Jinja2Templates
 from shangpin.errors import NotFoundError
 from shangpin.storage.keys import ApiKey
 from shangpin.storage.review import STATUSES, ReviewStore, suggestion_to_dict
+from shangpin.text import has_han
 
 COOKIE = "shangpin_key"
 CSRF_HEADER = "x-requested-with"
 CSRF_VALUE = "shangpin"
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-_CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
 _IMAGE_TYPES = {".jpg", ".jpeg", ".png", ".gif", ".webp"}
 
 
@@ -203,7 +202,7 @@ def ui_router(ctx: UiContext) -> APIRouter:
             tags=[s for s in live if s["stage"] == "recommend_tags"],
             audit=store.audit(product_id=product_id, limit=200),
             image_url=f"/ui/image/{quote(product_id, safe='')}" if _image_file(info) else None,
-            lang="zh" if _CJK.search(info["title"] + (info.get("description") or "")) else "en",
+            lang="zh" if has_han(info["title"] + (info.get("description") or "")) else "en",
         )
 
     @router.get("/image/{product_id:path}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -43,13 +42,13 @@ from shangpin.sentence import (
 from shangpin.stages.base import Stage, StageReport, dev_split
 from shangpin.stages.categorize.features import SparseFeatures, category_text, product_text
 from shangpin.taxonomy import SEP, Taxonomy, split_path
+from shangpin.text import has_han
 
 log = logging.getLogger(__name__)
 
 Method = Literal["auto", "supervised", "prototypes"]
 PRUNE = 1e-3
 """SVM weights smaller than this (in absolute value) are dropped from the saved model."""
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 class Categorizer(Stage[CategoryPrediction]):
@@ -324,9 +323,7 @@ class Categorizer(Stage[CategoryPrediction]):
             return self.encoder
         if method == "supervised":
             return "minilm" if self.finetune_epochs else "none"
-        chinese = any(_CJK.search(c.path) for c in taxonomy) or any(
-            _CJK.search(p.title) for p in products[:1000]
-        )
+        chinese = any(has_han(c.path) for c in taxonomy) or any(has_han(p.title) for p in products[:1000])
         return "use" if chinese else "minilm"
 
     def _finetune(self, train: Sequence[Product], dev: Sequence[Product], folder: Path) -> dict[str, Any]:

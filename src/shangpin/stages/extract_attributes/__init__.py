@@ -40,12 +40,12 @@ from shangpin.stages.extract_attributes.encoding import (
     gold_spans,
     token_labels,
 )
+from shangpin.text import has_han, values_pattern
 
 log = logging.getLogger(__name__)
 
 Prediction = dict[str, AttributeValue]
 _Raw = tuple[TextField, int, int, float, bool]  # field, start, end, raw score, from the dictionary?
-_WORD = re.compile(r"\w")
 
 
 MIN_EPOCHS = 3
@@ -143,6 +143,9 @@ class AttributeExtractor(Stage[Prediction]):
             in float32, "auto" (default) bf16 where the CPU has bfloat16 matrix units (Intel AMX): there it trains
             in about half the time for the same dev micro-F1 (docs/BENCHMARKS.md); elsewhere bf16 is emulated
             and slower. The shipped model is float32 (int8 after quantisation) either way.
+        add_characters: Chinese characters that the encoder's vocabulary reads as [UNK] and that occur at least
+            this often in the training texts get vocabulary entries and embedding rows of their own, learned in
+            fine-tuning (0 = off; see `Encoder.add_characters`). No effect on text without Chinese characters.
         lora_rank: > 0 trains LoRA adapters of this rank (peft) instead of all weights, merged into the weights
             before the ONNX export (same inference speed); 0 = full fine-tuning.
         lora_alpha, lora_dropout: LoRA scaling (alpha / rank) and dropout on the adapters' input.
@@ -165,7 +168,11 @@ class AttributeExtractor(Stage[Prediction]):
     assigns: ClassVar[tuple[str, ...]] = ("extracted",)
 
     # Models saved before these options existed: decode as measured then, and report how they were trained.
-    legacy_params: ClassVar[dict[str, Any]] = {"extend_bonus": 0.0, "category_loss": False}
+    legacy_params: ClassVar[dict[str, Any]] = {
+        "extend_bonus": 0.0,
+        "category_loss": False,
+        "add_characters": 0,
+    }
     test_params: ClassVar[dict[str, Any]] = {
         "num_layers": 2,
         "epochs": 12,
@@ -211,6 +218,7 @@ class AttributeExtractor(Stage[Prediction]):
         max_train_tokens: int = 1_200_000,
         balance_fields: bool = True,
         mixed_precision: str = "auto",
+        add_characters: int = 2,
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.1,
@@ -248,6 +256,7 @@ class AttributeExtractor(Stage[Prediction]):
         self.max_train_tokens = max_train_tokens
         self.balance_fields = balance_fields
         self.mixed_precision = mixed_precision
+        self.add_characters = add_characters
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
@@ -272,6 +281,7 @@ class AttributeExtractor(Stage[Prediction]):
                 self.mixed_precision in ("auto", "bf16", "fp32"),
                 f"mixed_precision must be 'auto', 'bf16' or 'fp32', not {self.mixed_precision!r}",
             ),
+            (self.add_characters >= 0, "add_characters must be >= 0 (0 = off)"),
             (self.lora_rank >= 0, "lora_rank must be >= 0 (0 = full fine-tuning)"),
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
@@ -308,6 +318,13 @@ class AttributeExtractor(Stage[Prediction]):
         # The ONNX file lives here until `save` copies it; the folder goes when the stage is garbage-collected.
         self._tmp = tempfile.TemporaryDirectory(prefix="shangpin-extract-")
         workdir = self._workdir = Path(self._tmp.name)
+        texts = (t for p in train for t in (p.title, p.description if self.use_description else ""))
+        added = self.encoder_.add_characters(texts, self.add_characters)
+        if added:
+            info["n_added_characters"] = len(added)
+            self._tokenizer_src = workdir / self.TOKENIZER_FILE
+            self.encoder_.tokenizer.save(str(self._tokenizer_src))
+            log.info("stage '%s': %d Chinese characters added to the vocabulary", self.name, len(added))
         train_set = train + self._augment(train, rng)
         info["n_augmented"] = len(train_set) - len(train)
         info.update(self._train(encoder_path, train_set, workdir))
@@ -508,7 +525,13 @@ class AttributeExtractor(Stage[Prediction]):
             return ids, mask, types, lab, allowed, weights
 
         model = build_model(
-            encoder_path, self.labels_, self.num_layers, N_TYPES if self.case_features else 0, seed=self.seed
+            encoder_path,
+            self.labels_,
+            self.num_layers,
+            N_TYPES if self.case_features else 0,
+            seed=self.seed,
+            vocab_size=self.encoder_.vocab_size,
+            new_rows_like=self.encoder_.unk_id,
         )
         lora: dict[str, Any] = {}
         if self.lora_rank:
@@ -771,7 +794,10 @@ class AttributeExtractor(Stage[Prediction]):
             for row, seq in enumerate(chunk):
                 space = self._label_space(cats[seq.product])
                 product = products[seq.product]
-                for span in decode(logits[row, seq.words], seq.spans, space, extend_bonus=self.extend_bonus):
+                stops = edges.barriers(product.text, seq.spans) if edges is not None else None
+                for span in decode(
+                    logits[row, seq.words], seq.spans, space, extend_bonus=self.extend_bonus, barriers=stops
+                ):
                     f, s, e, score = span.field, span.start, span.end, span.score
                     if edges is not None:
                         s, e = edges.tidy(product.text(f), s, e)
@@ -834,13 +860,12 @@ class AttributeExtractor(Stage[Prediction]):
         for name, values in self.values_.get(category, {}).items():
             left_out = set(skip.get(name, ()))
             # Longest first, so that at one position "Navy Blue" wins over "Navy"; values under 3 characters
-            # match too much by accident.
+            # match too much by accident, except Chinese ones (two ideographs, 睡衣, name a thing).
             alts = sorted(
-                (v for v in values if len(v) >= 3 and v.lower() not in left_out), key=len, reverse=True
+                (v for v in values if _long_enough(v) and v.lower() not in left_out), key=len, reverse=True
             )
             if alts:
-                body = "|".join(re.escape(v) for v in alts)
-                pats.append((name, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
+                pats.append((name, values_pattern(alts, re.IGNORECASE)))
         return pats
 
     def _finish(self, product: Product, raw: dict[str, _Raw]) -> Prediction:
@@ -893,7 +918,11 @@ class AttributeExtractor(Stage[Prediction]):
             "category_prefix": self.category_prefix,
             "edges": None
             if self.edges_ is None
-            else {"ends": sorted(self.edges_.ends), "starts": sorted(self.edges_.starts)},
+            else {
+                "ends": sorted(self.edges_.ends),
+                "starts": sorted(self.edges_.starts),
+                "split_han_gaps": self.edges_.split_han_gaps,
+            },
         }
         with atomic_write(path / self.STATE_FILE) as fh:
             json.dump(state, fh, ensure_ascii=False)
@@ -912,7 +941,11 @@ class AttributeExtractor(Stage[Prediction]):
         self.category_prefix = bool(state.get("category_prefix", True))
         edges = state.get("edges")  # absent in models saved before span tidying: predict as they did
         self.edges_ = (
-            None if edges is None else EdgeRules(frozenset(edges["ends"]), frozenset(edges["starts"]))
+            None
+            if edges is None
+            else EdgeRules(
+                frozenset(edges["ends"]), frozenset(edges["starts"]), bool(edges.get("split_han_gaps", False))
+            )
         )
         self.encoder_ = Encoder(
             path / self.TOKENIZER_FILE,
@@ -924,6 +957,11 @@ class AttributeExtractor(Stage[Prediction]):
         self._tokenizer_src = path / self.TOKENIZER_FILE
         self._workdir = path
         self.runner_ = OnnxRunner(path / self.MODEL_FILE, spin=False)
+
+
+def _long_enough(value: str) -> bool:
+    """Whether a training value is specific enough to be looked up verbatim by the dictionary fallback."""
+    return len(value) >= 3 or (len(value) == 2 and has_han(value))
 
 
 def _score(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from shangpin.records import TextField
+from shangpin.text import HAN, has_han
+
+_HAN_GAP = re.compile(f"[{HAN}]\\s+|\\s+[{HAN}]")
+NO_CONTINUATION = -1e4
+"""Log-odds of continuing a span across a barrier (finite, so that the span sums stay free of inf - inf)."""
 
 MAX_WORDS = 16
 """Longest value in words (punctuation marks count as words) that decoding considers: 99.95 % of the OA-Mine
@@ -58,6 +64,7 @@ def decode(
     space: LabelSpace,
     max_words: int = MAX_WORDS,
     extend_bonus: float = 0.0,
+    barriers: np.ndarray | None = None,
 ) -> list[Span]:
     """At most one span per attribute and field over the words of one sequence (`logits`: a row per word).
 
@@ -68,6 +75,7 @@ def decode(
     labels this weighs a whole span at once, so one unsure word inside a value no longer cuts it short
     (+0.8 micro-F1 on the OA-Mine dev split, docs/BENCHMARKS.md). `extend_bonus` is added to the log-odds of
     each word a span continues over: a tagger that under-rates the inside of values it has not seen cuts them short.
+    `barriers` (bool per word, optional): no span continues into a word marked True (see `EdgeRules.barriers`).
     """
     out: list[Span] = []
     start = 0
@@ -75,7 +83,10 @@ def decode(
         # Title and description words in one sequence are decoded apart: an attribute may be found in each
         # (the caller keeps the title's place when both hold the same value), and no span crosses between them.
         if end == len(spans) or spans[end][0] != spans[start][0]:
-            out.extend(_decode_run(logits[start:end], spans[start:end], space, max_words, extend_bonus))
+            stops = barriers[start:end] if barriers is not None else None
+            out.extend(
+                _decode_run(logits[start:end], spans[start:end], space, max_words, extend_bonus, stops)
+            )
             start = end
     return out
 
@@ -86,6 +97,7 @@ def _decode_run(
     space: LabelSpace,
     max_words: int,
     extend_bonus: float = 0.0,
+    barriers: np.ndarray | None = None,
 ) -> list[Span]:
     """`decode` over words of one field."""
     n = len(spans)
@@ -96,6 +108,8 @@ def _decode_run(
     rest = np.log(np.maximum(1.0 - p[:, 1::2] - p[:, 2::2], 1e-9))  # log p(not this attribute), n x K
     sb = logp[:, 1::2] - rest
     si = logp[:, 2::2] - rest + extend_bonus
+    if barriers is not None and barriers.any():
+        si[barriers[:n]] = NO_CONTINUATION
     # An attribute can only win if its best start plus every helpful continuation beats no span: most of a
     # category's attributes are absent from a title and drop out here.
     live = np.flatnonzero(sb.max(axis=0) + np.maximum(si, 0.0).sum(axis=0) > 0.0)
@@ -158,6 +172,9 @@ class EdgeRules:
 
     ends: frozenset[str] = frozenset()
     starts: frozenset[str] = frozenset()
+    split_han_gaps: bool = False
+    """No value continues across a space beside a Chinese character ("麻辣烫 关东煮" holds two words, not one
+    value): learned, true when under 1 % of the training values with Chinese characters do so."""
 
     @classmethod
     def learn(cls, examples: Iterable[tuple[str, str]], min_share: float = 0.2) -> EdgeRules:
@@ -166,6 +183,7 @@ class EdgeRules:
         likewise for beginnings."""
         inside: dict[tuple[str, str], int] = {}
         outside: dict[tuple[str, str], int] = {}
+        han_values = han_gapped = 0
 
         def bump(d: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
             d[key] = d.get(key, 0) + 1
@@ -174,6 +192,9 @@ class EdgeRules:
             value = value.strip()
             if not value:
                 continue
+            if has_han(value):
+                han_values += 1
+                han_gapped += _HAN_GAP.search(value) is not None
             if not value[-1].isalnum():
                 bump(inside, ("end", value[-1]))
             if not value[0].isalnum():
@@ -195,7 +216,25 @@ class EdgeRules:
                 if s == side and n >= 2 and n >= min_share * (n + outside.get((s, c), 0))
             )
 
-        return cls(ends=allowed("end"), starts=allowed("start"))
+        split = han_values >= 20 and han_gapped < 0.01 * han_values
+        return cls(ends=allowed("end"), starts=allowed("start"), split_han_gaps=split)
+
+    def barriers(
+        self, text_of: Callable[[TextField], str], words: Sequence[tuple[TextField, int, int]]
+    ) -> np.ndarray | None:
+        """Per word (field, start, end) of a sequence, whether a value may not continue into it from the word
+        before (see `split_han_gaps`); None when nothing is barred. `text_of` gives a field's text."""
+        if not self.split_han_gaps:
+            return None
+        out = np.zeros(len(words), dtype=bool)
+        texts: dict[TextField, str] = {}
+        for w in range(1, len(words)):
+            (f0, _, end), (f, start, _) = words[w - 1], words[w]
+            if f0 != f or start <= end:
+                continue
+            text = texts[f] if f in texts else texts.setdefault(f, text_of(f))
+            out[w] = _HAN_GAP.search(text, max(end - 1, 0), min(start + 1, len(text))) is not None
+        return out if out.any() else None
 
     def tidy(self, text: str, start: int, end: int) -> tuple[int, int]:
         """The span with brackets balanced and edge characters no training value has trimmed; an empty span

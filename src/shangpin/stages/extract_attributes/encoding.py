@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tokenizers import Encoding, Tokenizer
 
 from shangpin.errors import ConfigError
 from shangpin.records import Product, TextField
+from shangpin.text import at_word_boundaries, has_han
 
 FIELDS: tuple[TextField, ...] = ("title", "description")
 
@@ -70,6 +72,49 @@ class Encoder:
         self.use_description = use_description
         self.case_features = case_features
         self.category_prefix = category_prefix
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def unk_id(self) -> int | None:
+        return next(
+            (tid for t in ("[UNK]", "<unk>") if (tid := self.tokenizer.token_to_id(t)) is not None), None
+        )
+
+    def add_characters(self, texts: Iterable[str], min_count: int) -> list[str]:
+        """Give Chinese characters that the vocabulary reads as [UNK] entries of their own; returns them.
+
+        all-MiniLM-L6-v2's English vocabulary lacks most Chinese characters (13 % of the characters of the
+        Chinese e-commerce NER titles read as [UNK], among them 只, 鼠, 茶 and 袋), so brands and product words
+        look alike to the model. Characters seen at least `min_count` times in `texts` are appended to the
+        WordPiece vocabulary (ids after the existing ones); the model's new embedding rows start as [UNK]'s
+        and are learned in fine-tuning. Only WordPiece vocabularies grow; others are left as they are.
+        """
+        unk = self.unk_id
+        spec = json.loads(self.tokenizer.to_str())
+        model = spec.get("model", {})
+        if min_count <= 0 or unk is None or model.get("type") != "WordPiece":
+            return []
+        texts = [t for t in texts if t and has_han(t)]
+        counts: Counter[str] = Counter()
+        for text, enc in zip(
+            texts, self.tokenizer.encode_batch(texts, add_special_tokens=False), strict=True
+        ):
+            for tid, (s, e) in zip(enc.ids, enc.offsets, strict=True):
+                if tid == unk and e - s == 1 and has_han(text[s]):
+                    counts[text[s]] += 1
+        new = sorted(c for c, n in counts.items() if n >= min_count and c not in model["vocab"])
+        if not new:
+            return []
+        base = self.vocab_size
+        for k, char in enumerate(new):
+            model["vocab"][char] = base + k
+        self.tokenizer = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        return new
 
     def _special(self, *tokens: str) -> int:
         for token in tokens:
@@ -169,7 +214,6 @@ class Encoder:
         return ids, mask, types
 
 
-_WORD = re.compile(r"\w", re.UNICODE)
 N_TYPES = 6
 """Token types with case features: 0 category, 1 lower, 2 Capitalised, 3 UPPER, 4 has a digit, 5 other."""
 
@@ -189,7 +233,8 @@ def word_shape(word: str) -> int:
 
 
 def find_value(text: str, value: str, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Occurrences of `value` in `text` at word boundaries that overlap no span in `taken`.
+    """Occurrences of `value` in `text` at word boundaries (`shangpin.text`: between Chinese characters too)
+    that overlap no span in `taken`.
 
     Exact case first; case-insensitive only when the exact string is absent.
     """
@@ -202,9 +247,7 @@ def find_value(text: str, value: str, taken: list[tuple[int, int]]) -> list[tupl
         while (i := hay.find(needle, start)) >= 0:
             j = i + len(needle)
             start = i + 1
-            left_ok = i == 0 or not (_WORD.match(text[i - 1]) and _WORD.match(text[i]))
-            right_ok = j == len(text) or not (_WORD.match(text[j]) and _WORD.match(text[j - 1]))
-            if left_ok and right_ok and not any(i < e and s < j for s, e in taken + spans):
+            if at_word_boundaries(text, i, j) and not any(i < e and s < j for s, e in taken + spans):
                 spans.append((i, j))
         if spans:
             break
@@ -212,7 +255,12 @@ def find_value(text: str, value: str, taken: list[tuple[int, int]]) -> list[tupl
 
 
 def gold_spans(product: Product, fields: Sequence[TextField]) -> dict[TextField, list[tuple[int, int, str]]]:
-    """Character spans of the product's known attribute values, longest values first, never overlapping."""
+    """Character spans of the product's known attribute values, longest values first, never overlapping.
+
+    One value per attribute is labelled (the longest found, wherever it occurs): labelling every listed value
+    (the Chinese NER set lists each product word of a title) scored 1.5 micro-F1 lower there over two seeds
+    (docs/BENCHMARKS.md); decoding returns one value per attribute.
+    """
     values = [
         (name, v)
         for name, av in product.attributes.items()

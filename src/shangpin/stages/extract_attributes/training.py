@@ -20,7 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def build_model(
-    encoder: Path, labels: Sequence[str], num_layers: int, n_token_types: int = 0, seed: int = 0
+    encoder: Path,
+    labels: Sequence[str],
+    num_layers: int,
+    n_token_types: int = 0,
+    seed: int = 0,
+    vocab_size: int = 0,
+    new_rows_like: int | None = None,
 ) -> Any:
     """A token-classification head on the encoder, keeping only its first `num_layers` layers; the new head's
     initial weights are drawn from `seed` (unseeded, two trainings with the same seed scored up to 1.4 micro-F1
@@ -28,6 +34,8 @@ def build_model(
 
     With `n_token_types` > 2 the token-type embedding grows to that many rows, each new row starting as a copy of
     type 1 (so the model starts out exactly as pretrained and learns what the new types mean).
+    With `vocab_size` above the checkpoint's the word embedding grows likewise, each new row a copy of row
+    `new_rows_like` ([UNK]: the tokens the grown vocabulary now tells apart start out as the model saw them).
     """
     import torch
     from transformers import AutoModelForTokenClassification
@@ -46,6 +54,14 @@ def build_model(
     if 0 < num_layers < len(layers):
         base.encoder.layer = torch.nn.ModuleList(list(layers)[:num_layers])
         model.config.num_hidden_layers = num_layers
+    words = model.get_input_embeddings()
+    if vocab_size > words.num_embeddings:
+        old = words.num_embeddings
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        if new_rows_like is not None:
+            with torch.no_grad():
+                grown = model.get_input_embeddings().weight
+                grown[old:] = grown[new_rows_like]
     types = getattr(base.embeddings, "token_type_embeddings", None)
     if n_token_types and types is None:
         raise ConfigError(

@@ -1,0 +1,27 @@
+"""Word boundaries in Latin and Chinese product text (shangpin.text)."""
+
+from __future__ import annotations
+
+import re
+
+from shangpin.text import at_word_boundaries, has_han, joined, values_pattern
+
+
+def test_ideographs_are_words_of_their_own() -> None:
+    assert joined("a", "b") and joined("1", "g")
+    assert not joined("茶", "泡") and not joined("g", "美") and not joined("美", "g")
+    assert not joined("a", " ") and not joined("-", "b")
+    title = "三只松鼠花草茶茶泡袋 150g美妍茶"
+    assert at_word_boundaries(title, 4, 7)  # 花草茶 inside an unspaced run
+    assert at_word_boundaries(title, 11, 15)  # 150g next to 美
+    assert not at_word_boundaries(title, 11, 14)  # "150" would cut "150g"
+    assert has_han(title) and not has_han("Red Patent")
+
+
+def test_values_pattern_matches_at_the_same_boundaries() -> None:
+    pattern = values_pattern(["Navy Blue", "Navy", "枸杞茶", "150g"], re.IGNORECASE)
+    assert [m.group(0) for m in pattern.finditer("navy blue Navyish NAVY")] == ["navy blue", "NAVY"]
+    assert [m.group(0) for m in pattern.finditer("松鼠小美枸杞茶150g美妍茶 1150g")] == ["枸杞茶", "150g"]
+    assert values_pattern([]).search("anything") is None
+    # A value beginning with a mark is not held back by the letter before it, as in find_value.
+    assert values_pattern(["(Pack of 2)"]).search("Tea(Pack of 2)") is not None
