@@ -57,7 +57,7 @@ def read_tagged(path: Path) -> list[Product]:
     titles): each entity type is an attribute whose values are the title's entities of that type; a type with no
     entity in a title is known absent (null), as NER annotation implies."""
     titles: list[list[tuple[str, str]]] = [[]]
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
         if not line.strip():
             if titles[-1]:
                 titles.append([])

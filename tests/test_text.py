@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shangpin.text import at_word_boundaries, has_han, joined, values_pattern
+from shangpin.text import ValuesPattern, at_word_boundaries, has_han, joined
 
 
 def test_ideographs_are_words_of_their_own() -> None:
@@ -19,9 +19,9 @@ def test_ideographs_are_words_of_their_own() -> None:
 
 
 def test_values_pattern_matches_at_the_same_boundaries() -> None:
-    pattern = values_pattern(["Navy Blue", "Navy", "枸杞茶", "150g"], re.IGNORECASE)
+    pattern = ValuesPattern(["Navy Blue", "Navy ", "枸杞茶", "150g", "hello kitty", " "], re.IGNORECASE)
     assert [m.group(0) for m in pattern.finditer("navy blue Navyish NAVY")] == ["navy blue", "NAVY"]
     assert [m.group(0) for m in pattern.finditer("松鼠小美枸杞茶150g美妍茶 1150g")] == ["枸杞茶", "150g"]
-    assert values_pattern([]).search("anything") is None
-    # A value beginning with a mark is not held back by the letter before it, as in find_value.
-    assert values_pattern(["(Pack of 2)"]).search("Tea(Pack of 2)") is not None
+    assert pattern.search("特价hello kitty专柜").group(0) == "hello kitty"  # type: ignore[union-attr]
+    assert pattern.search("特价hello kittyish") is None
+    assert ValuesPattern([]).search("anything") is None and ValuesPattern([]).search("茶") is None

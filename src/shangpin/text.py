@@ -10,10 +10,12 @@ is an ideograph.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f"
-"""CJK ideographs (the ranges BERT's tokenizer splits into one-character words)."""
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+"""CJK ideographs of the Basic Multilingual Plane, which BERT's tokenizer splits into one-character words. The
+rare ideographs beyond it (extensions B-F) are left out: a character class with those ranges takes Python's regex
+compiler milliseconds per pattern, and the dictionary fallback compiles one per category and attribute."""
 _HAN_CHAR = re.compile(f"[{HAN}]")
 _JOINING = f"[^\\W{HAN}]"
 """A word character that is not an ideograph: one that joins a neighbouring word character into one word."""
@@ -37,13 +39,39 @@ def at_word_boundaries(text: str, start: int, end: int) -> bool:
     )
 
 
-def values_pattern(values: Iterable[str], flags: int = 0) -> re.Pattern[str]:
-    """One regex for any of `values` at word boundaries, in the order given (put longer values first: at one
-    position the first alternative that matches wins)."""
-    alternatives = []
-    for value in values:
-        # A value that begins (ends) with an ideograph or a mark has a boundary there whatever is beside it.
-        left = f"(?<!{_JOINING})" if _JOINING_CHAR.match(value[:1]) else ""
-        right = f"(?!{_JOINING})" if _JOINING_CHAR.match(value[-1:]) else ""
-        alternatives.append(f"{left}{re.escape(value)}{right}")
-    return re.compile("|".join(alternatives) or "(?!)", flags)
+class ValuesPattern:
+    """Finds any of `values` (stripped of surrounding spaces) at word boundaries, in the order given (put longer
+    values first: at one position the first alternative that matches wins).
+
+    Text without ideographs is searched with a plain `(?<!\\w)(?:...)(?!\\w)` regex. Text with them needs
+    guards that know the ideograph ranges, and a character class holding those ranges takes Python's regex
+    compiler over a millisecond each time (the dictionary fallback compiles a pattern per category and
+    attribute), so that regex is compiled on the first text that needs it.
+    """
+
+    def __init__(self, values: Iterable[str], flags: int = 0) -> None:
+        self.body = "|".join(dict.fromkeys(re.escape(v.strip()) for v in values if v.strip())) or "(?!)"
+        self.flags = flags
+        self.plain = re.compile(rf"(?<!\w)(?:{self.body})(?!\w)", flags)
+        self._han: re.Pattern[str] | None = None
+
+    def regex(self, text: str) -> re.Pattern[str]:
+        """The regex that reads `text`."""
+        if not has_han(text):
+            return self.plain
+        if self._han is None:
+            # A boundary lies before position i unless the characters on both sides join (see `joined`);
+            # likewise after the match. Values never begin or end with a space, so the guard passes where the
+            # character inside the value is a mark or an ideograph (not merely non-joining, which spaces are).
+            # The guards are case-sensitive whatever `flags` say: case-folding the ranges is slower still.
+            inner = f"[^\\s\\w]|[{HAN}]"
+            left = f"(?-i:(?<!{_JOINING})|(?={inner}))"
+            right = f"(?-i:(?!{_JOINING})|(?<={inner}))"
+            self._han = re.compile(f"{left}(?:{self.body}){right}", self.flags)
+        return self._han
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.regex(text).search(text)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        return self.regex(text).finditer(text)

@@ -40,7 +40,7 @@ from shangpin.stages.extract_attributes.encoding import (
     gold_spans,
     token_labels,
 )
-from shangpin.text import has_han, values_pattern
+from shangpin.text import ValuesPattern, has_han
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ class AttributeExtractor(Stage[Prediction]):
             return {}
         occurs: Counter[tuple[str, str, str]] = Counter()
         hits: Counter[tuple[str, str, str]] = Counter()
-        every: dict[str, list[tuple[str, re.Pattern[str]]]] = {}  # per category, every value in the patterns
+        every: dict[str, list[tuple[str, ValuesPattern]]] = {}  # per category, every value in the patterns
         for p in labelled:
             cat = p.category_path or ""
             if cat not in every:
@@ -845,16 +845,16 @@ class AttributeExtractor(Stage[Prediction]):
             if name not in found and (m := pattern.search(product.title)):
                 found[name] = ("title", m.start(), m.end(), 0.0, True)
 
-    def _dictionary_patterns(self, category: str) -> list[tuple[str, re.Pattern[str]]]:
+    def _dictionary_patterns(self, category: str) -> list[tuple[str, ValuesPattern]]:
         """The fallback's patterns for a category (reliable values only), compiled once."""
-        cache: dict[str, list[tuple[str, re.Pattern[str]]]] = self.__dict__.setdefault("_dict_cache", {})
+        cache: dict[str, list[tuple[str, ValuesPattern]]] = self.__dict__.setdefault("_dict_cache", {})
         if category not in cache:
             cache[category] = self._value_patterns(category, self.unreliable_.get(category, {}))
         return cache[category]
 
     def _value_patterns(
         self, category: str, skip: Mapping[str, list[str]]
-    ) -> list[tuple[str, re.Pattern[str]]]:
+    ) -> list[tuple[str, ValuesPattern]]:
         """Per attribute, one case-insensitive pattern over its training values, except the lower-cased `skip`."""
         pats = []
         for name, values in self.values_.get(category, {}).items():
@@ -865,7 +865,7 @@ class AttributeExtractor(Stage[Prediction]):
                 (v for v in values if _long_enough(v) and v.lower() not in left_out), key=len, reverse=True
             )
             if alts:
-                pats.append((name, values_pattern(alts, re.IGNORECASE)))
+                pats.append((name, ValuesPattern(alts, re.IGNORECASE)))
         return pats
 
     def _finish(self, product: Product, raw: dict[str, _Raw]) -> Prediction:
