@@ -657,3 +657,14 @@ def test_chinese_titles_train_and_predict_end_to_end(tmp_path: Path) -> None:
     assert found >= 30  # of 60 values in titles it trained on; offsets are exact spans of the title
     for p, pred in zip(products, preds, strict=True):
         assert all(p.title[v.start : v.end] == v.value for v in pred.values())
+
+
+def test_model_batches_hold_a_token_budget() -> None:
+    from shangpin.stages.extract_attributes import _chunks
+    from shangpin.stages.extract_attributes.encoding import Sequence_
+
+    seqs = [Sequence_(product=i, ids=[0] * n) for i, n in enumerate([20] * 100 + [128] * 40)]
+    chunks = _chunks(seqs)
+    assert [len(c) for c in chunks[:2]] == [64, 36]  # short titles: 64 rows
+    assert all(len(c) * max(len(s.ids) for s in c) <= 64 * 48 for c in chunks)
+    assert [s.product for c in chunks for s in c] == list(range(140))  # order kept, nothing lost

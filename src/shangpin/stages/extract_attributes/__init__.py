@@ -788,9 +788,7 @@ class AttributeExtractor(Stage[Prediction]):
         best: list[dict[str, _Raw]] = [{} for _ in products]
         edges = self.edges_ if self.tidy_spans else None
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
-        for chunk, logits in self._logits(
-            [[seqs[i] for i in order[b : b + 64]] for b in range(0, len(order), 64)]
-        ):
+        for chunk, logits in self._logits(_chunks([seqs[i] for i in order])):
             for row, seq in enumerate(chunk):
                 space = self._label_space(cats[seq.product])
                 product = products[seq.product]
@@ -957,6 +955,21 @@ class AttributeExtractor(Stage[Prediction]):
         self._tokenizer_src = path / self.TOKENIZER_FILE
         self._workdir = path
         self.runner_ = OnnxRunner(path / self.MODEL_FILE, spin=False)
+
+
+def _chunks(seqs: Sequence[Sequence_], rows: int = 64, tokens: int = 64 * 48) -> list[list[Sequence_]]:
+    """Model batches of sequences sorted by length: at most `rows` sequences and `tokens` padded tokens each.
+
+    English titles (20-50 tokens) fill 64 rows; Chinese ones take a token per character, and 64 rows of 128
+    tokens made ONNX Runtime's memory arena peak at twice the RSS (547 against 266 MiB per 10,000 titles).
+    """
+    out: list[list[Sequence_]] = []
+    for seq in seqs:
+        if out and len(out[-1]) < rows and (len(out[-1]) + 1) * len(seq.ids) <= tokens:
+            out[-1].append(seq)
+        else:
+            out.append([seq])
+    return out
 
 
 def _long_enough(value: str) -> bool:
