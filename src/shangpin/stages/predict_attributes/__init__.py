@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import tempfile
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from shangpin.records import AttributeValue, Event, Product
 from shangpin.rules import RuleSet
 from shangpin.stages.base import Stage, StageReport, dev_split
 from shangpin.stages.predict_attributes.features import TextFeatures, has_text, input_mask
+from shangpin.text import ValuesPattern
 
 log = logging.getLogger(__name__)
 
@@ -388,9 +388,8 @@ class AttributePredictor(Stage[Prediction]):
         if not profile["mentions"]:
             return X
         if "patterns" not in t:
-            t["patterns"] = [
-                re.compile(r"(?<!\w)" + re.escape(c.casefold()) + r"(?!\w)") for c in t["classes"]
-            ]
+            # Word boundaries that hold in Chinese titles too (红色 inside 女装红色连衣裙), see shangpin.text.
+            t["patterns"] = [ValuesPattern([c.casefold()]) for c in t["classes"]]
         rows, cols = [], []
         for i, p in enumerate(products):
             title = p.title.casefold()
