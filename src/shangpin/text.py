@@ -9,8 +9,13 @@ is an ideograph.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from typing import Any
+
+from shangpin.errors import ConfigError
 
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 """CJK ideographs of the Basic Multilingual Plane, which BERT's tokenizer splits into one-character words. The
@@ -20,6 +25,39 @@ _HAN_CHAR = re.compile(f"[{HAN}]")
 _JOINING = f"[^\\W{HAN}]"
 """A word character that is not an ideograph: one that joins a neighbouring word character into one word."""
 _JOINING_CHAR = re.compile(_JOINING)
+
+
+@lru_cache(maxsize=1)
+def jieba() -> Any:
+    """The jieba module (Chinese word segmentation), imported on first use."""
+    try:
+        import jieba as module
+    except ImportError:
+        raise ConfigError("Chinese text needs the package jieba; run 'pip install jieba'") from None
+    module.setLogLevel(logging.WARNING)
+    return module
+
+
+def han_word_cuts(text: str) -> set[int]:
+    """Offsets where jieba starts a new word inside the text's runs of ideographs (0 and len(text) included);
+    empty for text without ideographs."""
+    if not has_han(text):
+        return set()
+    cuts, pos = {0}, 0
+    for word in jieba().cut(text):
+        pos += len(word)
+        cuts.add(pos)
+    return cuts
+
+
+def inside_han_word(text: str, at: int, cuts: set[int]) -> bool:
+    """Whether offset `at` falls between two ideographs of one jieba word."""
+    return (
+        0 < at < len(text)
+        and at not in cuts
+        and bool(_HAN_CHAR.match(text[at - 1]))
+        and bool(_HAN_CHAR.match(text[at]))
+    )
 
 
 def has_han(text: str) -> bool:

@@ -136,6 +136,26 @@ def test_values_do_not_run_across_a_space_beside_chinese_characters() -> None:
     assert (free.start, free.end, barred.start, barred.end) == (0, 4, 0, 2)
 
 
+def test_value_edges_inside_a_chinese_word_cost_log_odds() -> None:
+    # Values of these titles begin and end where jieba cuts (飞利浦/理发器/配件, 铁观音/礼盒装, 散装/特级/酱肉).
+    examples = [("飞利浦理发器配件", "理发器"), ("铁观音礼盒装", "铁观音"), ("孔师傅散装特级酱肉", "酱肉")] * 8
+    rules = EdgeRules.learn(examples)
+    assert rules.segment_cost > 1.0
+    assert EdgeRules.learn([("Navy Blue Shoe", "Navy Blue")] * 30).segment_cost == 0.0
+    text = "孔师傅散装特级酱肉"
+    words = [("title", i, i + 1) for i in range(len(text))]
+    costs = rules.edge_costs(lambda f: text, words)
+    assert costs is not None
+    # An edge before 傅 would split 师傅, one before 酱 falls between 特级 and 酱肉.
+    assert costs[2] == rules.segment_cost and costs[7] == 0.0 and costs[0] == 0.0
+    # The tagger alone would take 级酱肉; the cost of cutting 特级 moves the start to 酱.
+    everything = LabelSpace.of(np.ones(3, dtype=bool))
+    rows = [[0.9, 0.05, 0.05]] * 6 + [[0.3, 0.6, 0.1], [0.3, 0.35, 0.35], [0.05, 0.05, 0.9]]
+    (free,) = decode(_logits(rows), words, everything)
+    (costed,) = decode(_logits(rows), words, everything, edge_costs=costs)
+    assert (text[free.start : free.end], text[costed.start : costed.end]) == ("级酱肉", "酱肉")
+
+
 def test_long_description_read_in_overlapping_windows() -> None:
     enc = Encoder(default_encoder_path() / "tokenizer.json", max_length=64)
     desc = " ".join(f"word{i}" for i in range(200)) + " Made by Acme."

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
-from functools import lru_cache
-from typing import Any
 
-from shangpin.errors import ConfigError
-from shangpin.text import HAN, has_han
+from shangpin.text import HAN, has_han, jieba
 
 # Chinese (CJK ideographs) runs go to jieba; everything else is split into letters/digits runs.
 _RUNS = re.compile(f"[{HAN}]+|[^\\W_{HAN}]+")  # "150g美妍茶" -> "150g", "美妍茶"
@@ -19,18 +15,6 @@ STOPWORDS = frozenset(
 )
 FACET_SEPARATOR = ":"
 """Facet terms ("tag:summer", "category:shirts", "colour:navy blue") hold this character, which words never do."""
-
-
-@lru_cache(maxsize=1)
-def _jieba() -> Any:
-    try:
-        import jieba
-    except ImportError:
-        raise ConfigError(
-            "Chinese text needs the package jieba for search terms; run 'pip install jieba'"
-        ) from None
-    jieba.setLogLevel(logging.WARNING)
-    return jieba
 
 
 def stem(word: str) -> str:
@@ -56,7 +40,7 @@ def terms(text: str) -> list[str]:
     out: list[str] = []
     for run in _RUNS.findall(text):
         if _CJK.match(run):
-            out.extend(w for w in _jieba().lcut_for_search(run) if w.strip() and w not in STOPWORDS)
+            out.extend(w for w in jieba().lcut_for_search(run) if w.strip() and w not in STOPWORDS)
         elif run not in STOPWORDS:
             out.append(stem(run))
     return out

@@ -792,9 +792,17 @@ class AttributeExtractor(Stage[Prediction]):
             for row, seq in enumerate(chunk):
                 space = self._label_space(cats[seq.product])
                 product = products[seq.product]
-                stops = edges.barriers(product.text, seq.spans) if edges is not None else None
+                stops = costs = None
+                if edges is not None:
+                    stops = edges.barriers(product.text, seq.spans)
+                    costs = edges.edge_costs(product.text, seq.spans)
                 for span in decode(
-                    logits[row, seq.words], seq.spans, space, extend_bonus=self.extend_bonus, barriers=stops
+                    logits[row, seq.words],
+                    seq.spans,
+                    space,
+                    extend_bonus=self.extend_bonus,
+                    barriers=stops,
+                    edge_costs=costs,
                 ):
                     f, s, e, score = span.field, span.start, span.end, span.score
                     if edges is not None:
@@ -920,6 +928,7 @@ class AttributeExtractor(Stage[Prediction]):
                 "ends": sorted(self.edges_.ends),
                 "starts": sorted(self.edges_.starts),
                 "split_han_gaps": self.edges_.split_han_gaps,
+                "segment_cost": self.edges_.segment_cost,
             },
         }
         with atomic_write(path / self.STATE_FILE) as fh:
@@ -942,7 +951,10 @@ class AttributeExtractor(Stage[Prediction]):
             None
             if edges is None
             else EdgeRules(
-                frozenset(edges["ends"]), frozenset(edges["starts"]), bool(edges.get("split_han_gaps", False))
+                frozenset(edges["ends"]),
+                frozenset(edges["starts"]),
+                bool(edges.get("split_han_gaps", False)),
+                float(edges.get("segment_cost", 0.0)),
             )
         )
         self.encoder_ = Encoder(
