@@ -138,7 +138,11 @@ def test_values_do_not_run_across_a_space_beside_chinese_characters() -> None:
 
 def test_value_edges_inside_a_chinese_word_cost_log_odds() -> None:
     # Values of these titles begin and end where jieba cuts (飞利浦/理发器/配件, 铁观音/礼盒装, 散装/特级/酱肉).
-    examples = [("飞利浦理发器配件", "理发器"), ("铁观音礼盒装", "铁观音"), ("孔师傅散装特级酱肉", "酱肉")] * 8
+    examples = [
+        ("飞利浦理发器配件", "理发器"),
+        ("铁观音礼盒装", "铁观音"),
+        ("孔师傅散装特级酱肉", "酱肉"),
+    ] * 8
     rules = EdgeRules.learn(examples)
     assert rules.segment_cost > 1.0
     assert EdgeRules.learn([("Navy Blue Shoe", "Navy Blue")] * 30).segment_cost == 0.0
