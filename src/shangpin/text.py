@@ -22,6 +22,7 @@ HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 rare ideographs beyond it (extensions B-F) are left out: a character class with those ranges takes Python's regex
 compiler milliseconds per pattern, and the dictionary fallback compiles one per category and attribute."""
 _HAN_CHAR = re.compile(f"[{HAN}]")
+_HAN_RUN = re.compile(f"[{HAN}]+")
 _JOINING = f"[^\\W{HAN}]"
 """A word character that is not an ideograph: one that joins a neighbouring word character into one word."""
 _JOINING_CHAR = re.compile(_JOINING)
@@ -38,26 +39,26 @@ def jieba() -> Any:
     return module
 
 
-def han_word_cuts(text: str) -> set[int]:
-    """Offsets where jieba starts a new word inside the text's runs of ideographs (0 and len(text) included);
-    empty for text without ideographs."""
+def han_word_insides(text: str) -> set[int]:
+    """Offsets that fall between two ideographs of one jieba word ("酱肉" in "特级酱肉" gives 7); empty for text
+    without ideographs."""
+    out: set[int] = set()
     if not has_han(text):
-        return set()
-    cuts, pos = {0}, 0
+        return out
+    pos = 0
     for word in jieba().cut(text):
+        if len(word) > 1:
+            if _HAN_RUN.fullmatch(word):
+                out.update(range(pos + 1, pos + len(word)))
+            else:
+                out.update(pos + k for k in range(1, len(word)) if _HAN_RUN.fullmatch(word, k - 1, k + 1))
         pos += len(word)
-        cuts.add(pos)
-    return cuts
+    return out
 
 
-def inside_han_word(text: str, at: int, cuts: set[int]) -> bool:
-    """Whether offset `at` falls between two ideographs of one jieba word."""
-    return (
-        0 < at < len(text)
-        and at not in cuts
-        and bool(_HAN_CHAR.match(text[at - 1]))
-        and bool(_HAN_CHAR.match(text[at]))
-    )
+def between_han(text: str, at: int) -> bool:
+    """Whether offset `at` falls between two ideographs."""
+    return 0 < at < len(text) and _HAN_RUN.fullmatch(text, at - 1, at + 1) is not None
 
 
 def has_han(text: str) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shangpin.records import TextField
-from shangpin.text import HAN, han_word_cuts, has_han, inside_han_word
+from shangpin.text import HAN, between_han, han_word_insides, has_han
 
 _HAN_GAP = re.compile(f"[{HAN}]\\s+|\\s+[{HAN}]")
 NO_CONTINUATION = -1e4
@@ -168,10 +168,6 @@ def _decode_run(
     return out
 
 
-def _between_han(text: str, at: int) -> bool:
-    return 0 < at < len(text) and has_han(text[at - 1]) and has_han(text[at])
-
-
 @dataclass(frozen=True)
 class EdgeRules:
     """How values may begin and end, learned from the training values.
@@ -201,7 +197,7 @@ class EdgeRules:
         outside: dict[tuple[str, str], int] = {}
         han_values = han_gapped = 0
         at_cut = in_word = 0  # value edges between two ideographs: at a jieba cut, inside a jieba word
-        cut_texts: dict[str, set[int]] = {}
+        insides: dict[str, set[int]] = {}
 
         def bump(d: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
             d[key] = d.get(key, 0) + 1
@@ -215,12 +211,12 @@ class EdgeRules:
                 han_gapped += _HAN_GAP.search(value) is not None
                 at = text.find(value)
                 if at >= 0:
-                    if text not in cut_texts:
-                        cut_texts[text] = han_word_cuts(text)
+                    if text not in insides:
+                        insides[text] = han_word_insides(text)
                     for edge in (at, at + len(value)):
-                        if _between_han(text, edge):
-                            at_cut += edge in cut_texts[text]
-                            in_word += edge not in cut_texts[text]
+                        if between_han(text, edge):
+                            in_word += edge in insides[text]
+                            at_cut += edge not in insides[text]
             if not value[-1].isalnum():
                 bump(inside, ("end", value[-1]))
             if not value[0].isalnum():
@@ -246,7 +242,7 @@ class EdgeRules:
         cost = 0.0
         if at_cut + in_word >= 20:
             # Against the base rate: how often any position between two ideographs is a jieba cut.
-            every = [e in c for t, c in cut_texts.items() for e in range(1, len(t)) if _between_han(t, e)]
+            every = [e not in c for t, c in insides.items() for e in range(1, len(t)) if between_han(t, e)]
             base = sum(every)
             cost = math.log((at_cut + 1) / (in_word + 1)) - math.log((base + 1) / (len(every) - base + 1))
         return cls(
@@ -261,13 +257,11 @@ class EdgeRules:
         if self.segment_cost <= 0.0:
             return None
         out = np.zeros(len(words))
-        seen: dict[TextField, tuple[str, set[int]]] = {}
+        insides: dict[TextField, set[int]] = {}
         for w, (f, start, _) in enumerate(words):
-            if f not in seen:
-                text = text_of(f)
-                seen[f] = (text, han_word_cuts(text))
-            text, cuts = seen[f]
-            if cuts and inside_han_word(text, start, cuts):
+            if f not in insides:
+                insides[f] = han_word_insides(text_of(f))
+            if start in insides[f]:
                 out[w] = self.segment_cost
         return out if out.any() else None
 
