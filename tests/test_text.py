@@ -25,3 +25,11 @@ def test_values_pattern_matches_at_the_same_boundaries() -> None:
     assert pattern.search("特价hello kitty专柜").group(0) == "hello kitty"  # type: ignore[union-attr]
     assert pattern.search("特价hello kittyish") is None
     assert ValuesPattern([]).search("anything") is None and ValuesPattern([]).search("茶") is None
+
+
+def test_offsets_inside_jieba_words() -> None:
+    from shangpin.text import between_han, han_word_insides
+
+    assert han_word_insides("特级酱肉") == {1, 3}  # 特级 / 酱肉
+    assert han_word_insides("Navy Blue") == set()
+    assert between_han("特级酱肉", 2) and not between_han("150g美", 4) and not between_han("茶", 0)
