@@ -9,7 +9,6 @@ from shangpin.text import HAN, has_han, jieba
 
 # Chinese (CJK ideographs) runs go to jieba; everything else is split into letters/digits runs.
 _RUNS = re.compile(f"[{HAN}]+|[^\\W_{HAN}]+")  # "150g美妍茶" -> "150g", "美妍茶"
-_CJK = re.compile(f"[{HAN}]")
 STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or s the to with without 的 和 与 及 之 是 在 了".split()
 )
@@ -39,7 +38,7 @@ def terms(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
     for run in _RUNS.findall(text):
-        if _CJK.match(run):
+        if has_han(run):  # a run is all ideographs or none
             out.extend(w for w in jieba().lcut_for_search(run) if w.strip() and w not in STOPWORDS)
         elif run not in STOPWORDS:
             out.append(stem(run))
@@ -49,8 +48,3 @@ def terms(text: str) -> list[str]:
 def facet_term(kind: str, value: str) -> str:
     """One term for a whole facet value, e.g. ("tag", "Navy Blue") -> "tag:navy blue"."""
     return f"{kind}{FACET_SEPARATOR}{' '.join(unicodedata.normalize('NFKC', value).lower().split())}"
-
-
-def has_chinese(text: str) -> bool:
-    """Whether the text holds a Chinese character."""
-    return has_han(text)

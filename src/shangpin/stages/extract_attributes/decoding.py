@@ -206,10 +206,10 @@ class EdgeRules:
             value = value.strip()
             if not value:
                 continue
+            at = text.find(value)
             if has_han(value):
                 han_values += 1
                 han_gapped += _HAN_GAP.search(value) is not None
-                at = text.find(value)
                 if at >= 0:
                     if text not in insides:
                         insides[text] = han_word_insides(text)
@@ -221,7 +221,6 @@ class EdgeRules:
                 bump(inside, ("end", value[-1]))
             if not value[0].isalnum():
                 bump(inside, ("start", value[0]))
-            at = text.find(value)
             if at < 0:
                 continue
             after = text[at + len(value) : at + len(value) + 2].strip()[:1]

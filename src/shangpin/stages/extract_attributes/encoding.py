@@ -93,11 +93,13 @@ class Encoder:
         and are learned in fine-tuning. Only WordPiece vocabularies grow; others are left as they are.
         """
         unk = self.unk_id
+        texts = [t for t in texts if t and has_han(t)] if min_count > 0 and unk is not None else []
+        if not texts:
+            return []  # English data: nothing to add, and the tokenizer is not serialised
         spec = json.loads(self.tokenizer.to_str())
         model = spec.get("model", {})
-        if min_count <= 0 or unk is None or model.get("type") != "WordPiece":
+        if model.get("type") != "WordPiece":
             return []
-        texts = [t for t in texts if t and has_han(t)]
         counts: Counter[str] = Counter()
         for text, enc in zip(
             texts, self.tokenizer.encode_batch(texts, add_special_tokens=False), strict=True
