@@ -7,10 +7,12 @@ upper reference) and LightGBM LambdaMART. Reports NDCG@10 (gain 2^(5u) - 1), imp
 against the hidden weights on categories with enough sessions), training time, rank latency and peak RSS.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ranking.py [--sessions 20000] [--requests 2000] [--seeds 7,8,9]
-        [--variants default,shifted,third]
+        [--variants default,shifted,third,cascade]
 
 Spearman rho over a handful of attributes moves by about 0.1 between simulator seeds, and NDCG closure by
-20 points at 3,000 sessions: compare configurations over several `--seeds` (a mean +- sd table is printed).
+20 points at 3,000 sessions: compare configurations over several `--seeds` (a mean +- sd table is printed). `default`, `shifted` and `third` are
+click models of `shangpin simulate`; `cascade` is another simulator altogether (benchmarks/cascade_sim.py: leaves'
+weights drawn independently and parents' their mean, shop-wide preferences, popularity-ordered lists, cascade clicks).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cascade_sim import cascade_simulation
 from scipy.stats import spearmanr
 
 from shangpin.ranking import latency_summary, load_catalog, ranker_params
@@ -57,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "query_rate": 0.35,
         "list_size": 24,
     },
+    "cascade": {},  # another simulator altogether: benchmarks/cascade_sim.py
 }
 
 
@@ -107,7 +111,10 @@ def main() -> None:
 def run(
     variant: str, catalog: RankCatalog, sessions: int, n_requests: int, params: dict[str, Any], seed: int = 7
 ) -> dict[str, float]:
-    sim = Simulator(sessions=sessions, requests=n_requests, seed=seed, **VARIANTS[variant]).run(catalog)
+    if variant == "cascade":
+        sim = cascade_simulation(catalog, sessions=sessions, requests=n_requests, seed=seed)
+    else:
+        sim = Simulator(sessions=sessions, requests=n_requests, seed=seed, **VARIANTS[variant]).run(catalog)
     print(
         f"\n== simulator '{variant}', seed {seed}: {sessions} sessions, {len(sim.events)} events, "
         f"{n_requests} requests"

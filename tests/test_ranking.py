@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -193,6 +194,47 @@ def test_importance_reads_conditioned_evidence_and_ranking_does_not(
     ]
 
 
+def test_parent_importance_is_its_subcategories_weighted_by_choices(
+    model: RankModel, catalog: RankCatalog
+) -> None:
+    assert model.parent_importance == "children"
+    importance = model.importance()
+    names = catalog.attributes
+
+    def own(node: int) -> dict[str, float]:
+        fit = model.attribution_[node]
+        return {names[a]: w for a, w in zip(fit.attributes, fit.point_weights().tolist(), strict=True)}
+
+    kids = {p: [n for n, q in enumerate(catalog.parent) if q == p] for p in range(len(catalog.nodes))}
+    parents = [p for p, ks in kids.items() if ks]
+    assert parents
+    for node, path in enumerate(catalog.nodes):
+        if not kids[node]:  # a leaf reports its own conditioned fit
+            assert importance[path] == pytest.approx(own(node), abs=1e-6)
+    for parent in parents:
+        expected = dict.fromkeys(importance[catalog.nodes[parent]], 0.0)
+        mass = 0.0
+        for child in kids[parent]:
+            n = model.nodes_[child].n_choices
+            for name, w in importance[catalog.nodes[child]].items():
+                if name in expected:
+                    expected[name] += n * w
+            mass += n
+        rest = model.nodes_[parent].n_choices - mass
+        for name, w in own(parent).items():
+            expected[name] += max(rest, 0.0) * w
+        z = sum(expected.values())
+        assert importance[catalog.nodes[parent]] == pytest.approx(
+            {k: v / z for k, v in expected.items()}, abs=1e-5
+        )
+    # "own" reads every node, parents too, from its own pooled fit; rankings do not depend on the read-out.
+    pooled = copy.copy(model)
+    pooled.parent_importance = "own"
+    for parent in parents:
+        assert pooled.importance()[catalog.nodes[parent]] == pytest.approx(own(parent), abs=1e-6)
+    assert pooled.importance() != importance
+
+
 def test_save_load_roundtrip(model: RankModel, simulation: Simulation, tmp_path: Path) -> None:
     model.save(tmp_path / "rank")
     loaded = RankModel.load(tmp_path / "rank")
@@ -209,11 +251,12 @@ def test_model_saved_before_the_new_options_ranks_as_before(
     old.save(tmp_path / "rank")
     meta_path = tmp_path / "rank" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    for name in ("gain", "link", "taste_prior"):
+    for name in ("gain", "link", "taste_prior", "parent_importance"):
         del meta["params"][name]  # as written before these options existed
     meta_path.write_text(json.dumps(meta))
     loaded = RankModel.load(tmp_path / "rank")
     assert (loaded.gain, loaded.link, loaded.taste_prior) == (0.0, "linear", "share")
+    assert loaded.parent_importance == "own"  # importance read as it was
     assert loaded.priors_.mode == "share"
     for request in simulation.requests[:20]:
         assert loaded.rank(request).ranking == old.rank(request).ranking
