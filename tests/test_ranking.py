@@ -129,6 +129,18 @@ def test_ranking_beats_random_and_equal_weights_are_worse(model: RankModel, simu
     assert metrics["requests"] == len(pairs)
 
 
+def test_ranking_starts_from_the_shops_taste(model: RankModel, simulation: Simulation) -> None:
+    """A session that has said little about an attribute is assumed to want what the category's shoppers mostly
+    want: on simulated shoppers whose tastes follow their category's, that ranks better than a uniform prior."""
+    assert model.rank_prior == "learned"
+    uniform = copy.copy(model)
+    uniform.rank_prior = "uniform"
+    pairs = list(zip(simulation.requests, simulation.utilities, strict=True))
+    learned = statistics.fmean(ndcg_at_k(model.rank(r).ranking, u) for r, u in pairs)
+    flat = statistics.fmean(ndcg_at_k(uniform.rank(r).ranking, u) for r, u in pairs)
+    assert learned > flat + 0.01, (learned, flat)
+
+
 def test_rank_explains_and_uses_session(model: RankModel, catalog: RankCatalog) -> None:
     shoes = [
         pid
@@ -247,16 +259,18 @@ def test_save_load_roundtrip(model: RankModel, simulation: Simulation, tmp_path:
 def test_model_saved_before_the_new_options_ranks_as_before(
     catalog: RankCatalog, simulation: Simulation, tmp_path: Path
 ) -> None:
-    old = RankModel(gain=0.0, link="linear", taste_prior="share").fit(catalog, simulation.events)
+    old = RankModel(gain=0.0, link="linear", taste_prior="share", rank_prior="uniform").fit(
+        catalog, simulation.events
+    )
     old.save(tmp_path / "rank")
     meta_path = tmp_path / "rank" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    for name in ("gain", "link", "taste_prior", "parent_importance"):
+    for name in ("gain", "link", "taste_prior", "parent_importance", "rank_prior"):
         del meta["params"][name]  # as written before these options existed
     meta_path.write_text(json.dumps(meta))
     loaded = RankModel.load(tmp_path / "rank")
     assert (loaded.gain, loaded.link, loaded.taste_prior) == (0.0, "linear", "share")
-    assert loaded.parent_importance == "own"  # importance read as it was
+    assert (loaded.parent_importance, loaded.rank_prior) == ("own", "uniform")  # read and ranked as they were
     assert loaded.priors_.mode == "share"
     for request in simulation.requests[:20]:
         assert loaded.rank(request).ranking == old.rank(request).ranking

@@ -188,9 +188,13 @@ class RankModel(Params):
             position-based click model; better on the 20,000-session fashion benchmark, worse on the demo
             catalog at 3,000 sessions (docs/BENCHMARKS.md). "auto": binary when at least half of the engaged
             products were picked from a logged list, else multinomial.
-        rank_prior: the taste prior when ranking a session: "uniform" over the category's values (lets the
-            session's own evidence speak; measured best on simulated shoppers) or "learned" (the shop-wide
-            engagement share, which also drives training).
+        rank_prior: the taste prior when ranking a session: "learned" (default): the shop-wide taste that
+            training starts from (`taste_prior`), so a session that has said little about an attribute is
+            assumed to want what shoppers of its category mostly want; "uniform": equal over the category's
+            values, so only the session's own evidence speaks. With the "preference" taste prior, "learned"
+            raised NDCG@10 by 0.007-0.07 in every setting measured (two catalogs, four click models,
+            docs/BENCHMARKS.md); "uniform" was the default while the taste prior was the plain engagement share,
+            which credits popular products' values and ranked worse. Models saved before keep "uniform".
         base_weight: weight of a request's own relevance scores (min-max scaled) next to the preference score.
         gain: g in the gain 2^(g u) - 1 that ranking maximises in expectation, u = sum_a w_a [value matches the
             session's preference] in [0, 1]. 5 is docs/metrics.md's NDCG gain: it favours a candidate likely to
@@ -250,7 +254,7 @@ class RankModel(Params):
         half_life_days: float = 30.0,
         negatives: int = 20,
         min_coverage: float = 0.2,
-        rank_prior: str = "uniform",
+        rank_prior: str = "learned",
         choice_model: str = "multinomial",
         base_weight: float = 1.0,
         gain: float = 5.0,
@@ -282,7 +286,7 @@ class RankModel(Params):
         self.seed = seed
 
     # Models saved before `gain`, `link`, `taste_prior` and `min_strength` existed: expected utility, linear link,
-    # shares, no evidence floor.
+    # shares, no evidence floor; before the defaults of `parent_importance` and `rank_prior` changed: as they were.
     legacy_params: ClassVar[dict[str, Any]] = {
         "gain": 0.0,
         "link": "linear",
@@ -290,6 +294,7 @@ class RankModel(Params):
         "min_strength": 0.0,
         "condition": False,
         "parent_importance": "own",
+        "rank_prior": "uniform",
     }
 
     # -- training ----------------------------------------------------------------------------------------------
