@@ -155,6 +155,12 @@ def run(
     lgbm = _lambdamart(model, catalog, sim, popularity)
     lgbm_s = time.perf_counter() - started
     rows["LightGBM LambdaMART"] = _mean_ndcg(sim, lgbm)
+    # A plain reference ranker, as a checker might write one: per attribute, the value the session engaged with
+    # most; score = sum of weights where the candidate has that value (equal or hidden weights).
+    rows["session's top value, equal weights"] = _mean_ndcg(sim, lambda r: _top_value_rank(catalog, r, None))
+    rows["session's top value, hidden weights"] = _mean_ndcg(
+        sim, lambda r: _top_value_rank(catalog, r, sim.weights.get(r.category or "", {}))
+    )
 
     print("| method | NDCG@10 |\n|---|---|")
     for name, value in rows.items():
@@ -186,6 +192,32 @@ def run(
     )
     closure = (learned_ndcg - equal) / (hidden - equal) if hidden > equal else float("nan")
     return {"learned": learned_ndcg, "equal": equal, "hidden": hidden, "closure": closure, "rho": rho}
+
+
+def _top_value_rank(
+    catalog: RankCatalog, request: RankRequest, weights: dict[str, float] | None
+) -> list[str]:
+    engaged: dict[int, Counter[int]] = defaultdict(Counter)
+    for e in request.events:
+        row = catalog.row(e.product_id) if e.product_id else None
+        if row is None or e.action not in ACTION_WEIGHTS:
+            continue
+        for a, code in enumerate(catalog.codes[row].tolist()):
+            if code >= 0:
+                engaged[a][code] += ACTION_WEIGHTS[e.action]
+    top = {a: counts.most_common(1)[0][0] for a, counts in engaged.items()}
+
+    def score(pid: str) -> float:
+        row = catalog.row(pid)
+        if row is None:
+            return 0.0
+        return sum(
+            (1.0 if weights is None else weights.get(catalog.attributes[a], 0.0))
+            for a, code in top.items()
+            if catalog.codes[row, a] == code
+        )
+
+    return sorted(request.candidates, key=lambda p: -score(p))
 
 
 def _fix_weights(model: RankModel, learned: dict[int, NodeFit], weights: Any) -> None:
