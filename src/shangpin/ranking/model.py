@@ -167,6 +167,17 @@ class Ranking:
     category: str | None
 
 
+class _ImportanceMemo:
+    """One read-out of importance: each category's children, and the weights computed so far."""
+
+    def __init__(self, parent: Sequence[int]) -> None:
+        self.children: dict[int, list[int]] = defaultdict(list)
+        for node, up in enumerate(parent):
+            if up >= 0:
+                self.children[up].append(node)
+        self.weights: dict[int, dict[int, float]] = {}
+
+
 class RankModel(Params):
     """Learns per-category attribute importance from a catalog and its behaviour log, and re-ranks sessions.
 
@@ -565,7 +576,7 @@ class RankModel(Params):
     def importance(self) -> dict[str, dict[str, float]]:
         """{category path: {attribute: weight}} for every node, weights summing to 1, most important first."""
         self._check_fitted()
-        memo: dict[int, dict[int, float]] = {}
+        memo = _ImportanceMemo(self.catalog_.parent)
         return {
             path: {name: round(w, 6) for name, w in self._by_weight(node, memo)}
             for node, path in enumerate(self.catalog_.nodes)
@@ -582,26 +593,24 @@ class RankModel(Params):
             )
         return self._by_weight(node)
 
-    def _by_weight(
-        self, node: int, memo: dict[int, dict[int, float]] | None = None
-    ) -> list[tuple[str, float]]:
+    def _by_weight(self, node: int, memo: _ImportanceMemo | None = None) -> list[tuple[str, float]]:
         names = self.catalog_.attributes
-        weights = self._node_importance(node, {} if memo is None else memo)
+        weights = self._node_importance(node, memo or _ImportanceMemo(self.catalog_.parent))
         return sorted(((names[a], w) for a, w in weights.items()), key=lambda t: -t[1])
 
-    def _node_importance(self, node: int, memo: dict[int, dict[int, float]]) -> dict[int, float]:
+    def _node_importance(self, node: int, memo: _ImportanceMemo) -> dict[int, float]:
         """{attribute index: weight} of one node (see `parent_importance`), memoised over a read-out."""
-        if node in memo:
-            return memo[node]
+        if node in memo.weights:
+            return memo.weights[node]
         fit = self.attribution_.get(node)
         if fit is not None:  # the conditioned fit, read as its point estimate (see `condition`)
             own = dict(zip(fit.attributes, fit.point_weights().tolist(), strict=True))
         else:
             fit = self.nodes_[node]
             own = dict(zip(fit.attributes, fit.weights().tolist(), strict=True))
-        children = self._children().get(node, [])
+        children = memo.children.get(node, [])
         if self.parent_importance == "own" or not children:
-            memo[node] = own
+            memo.weights[node] = own
             return own
         # What the node's shoppers care about: each child's importance, weighted by its (decayed) choices,
         # plus the node's own fit for choices of products filed at the node itself.
@@ -618,15 +627,8 @@ class RankModel(Params):
             for a, w in own.items():
                 total[a] += rest * w
         z = sum(total.values())
-        memo[node] = {a: w / z for a, w in total.items()} if z > 0 else own
-        return memo[node]
-
-    def _children(self) -> dict[int, list[int]]:
-        kids: dict[int, list[int]] = defaultdict(list)
-        for node, parent in enumerate(self.catalog_.parent):
-            if parent >= 0:
-                kids[parent].append(node)
-        return kids
+        memo.weights[node] = {a: w / z for a, w in total.items()} if z > 0 else own
+        return memo.weights[node]
 
     def node_stats(self) -> dict[str, dict[str, float]]:
         """Sessions and (decayed) choices behind each node's weights: how much to trust them."""
