@@ -18,11 +18,11 @@ It writes the same `Simulation` (events, hidden weights per node, held-out reque
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 
 import numpy as np
 
 from shangpin.ranking.catalog import MISSING, RankCatalog
-from shangpin.ranking.model import RankRequest
 from shangpin.ranking.simulate import START_TIME, Simulation
 from shangpin.records import Event
 
@@ -161,17 +161,14 @@ def cascade_simulation(
     for q in range(requests):
         user = int(rng.integers(users))
         session_events, leaf = session(f"r{q}", user)
-        engaged = [i for i, e in enumerate(session_events) if e.action != "search"]
-        cut = engaged[int(rng.integers(len(engaged)))] + 1 if engaged else 1
-        rows = leaf_rows[leaf]
-        picks = rng.choice(rows, size=min(100, len(rows)), replace=False)
-        sim.requests.append(
-            RankRequest(
-                request_id=f"r{q}",
-                candidates=[catalog.ids[int(i)] for i in picks],
-                events=session_events[:cut],
-                category=catalog.nodes[leaf],
-            )
+        sim.add_request(
+            rng,
+            catalog,
+            f"r{q}",
+            session_events,
+            leaf,
+            leaf_rows[leaf],
+            100,
+            partial(utility, user, leaf),
         )
-        sim.utilities.append({catalog.ids[int(i)]: round(utility(user, leaf, int(i)), 6) for i in picks})
     return sim

@@ -60,8 +60,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "query_rate": 0.35,
         "list_size": 24,
     },
-    "cascade": {},  # another simulator altogether: benchmarks/cascade_sim.py
 }
+CASCADE = "cascade"
+"""Another simulator altogether (benchmarks/cascade_sim.py), not a setting of `Simulator`."""
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="default,shifted",
-        help=f"simulator settings, comma-separated, of {', '.join(VARIANTS)}",
+        help=f"simulator settings, comma-separated, of {', '.join([*VARIANTS, CASCADE])}",
     )
     parser.add_argument(
         "--seeds", default="7", help="simulator seeds, comma-separated (7 = the tables above)"
@@ -111,7 +112,7 @@ def main() -> None:
 def run(
     variant: str, catalog: RankCatalog, sessions: int, n_requests: int, params: dict[str, Any], seed: int = 7
 ) -> dict[str, float]:
-    if variant == "cascade":
+    if variant == CASCADE:
         sim = cascade_simulation(catalog, sessions=sessions, requests=n_requests, seed=seed)
     else:
         sim = Simulator(sessions=sessions, requests=n_requests, seed=seed, **VARIANTS[variant]).run(catalog)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -34,6 +36,33 @@ class Simulation:
     weights: dict[str, dict[str, float]]
     requests: list[RankRequest] = field(default_factory=list)
     utilities: list[dict[str, float]] = field(default_factory=list)
+
+    def add_request(
+        self,
+        rng: np.random.Generator,
+        catalog: RankCatalog,
+        request_id: str,
+        session_events: list[Event],
+        leaf: int,
+        rows: np.ndarray,
+        candidates: int,
+        utility: Callable[[int], float],
+    ) -> None:
+        """A held-out request from one simulated session: the session up to a random cut after one of its
+        engagements (or its first search), `candidates` random products of its leaf (`rows`), and their
+        utilities for the session's shopper (the answer key)."""
+        engaged = [i for i, e in enumerate(session_events) if e.action != "search"]
+        cut = engaged[int(rng.integers(len(engaged)))] + 1 if engaged else 1
+        picks = rng.choice(rows, size=min(candidates, len(rows)), replace=False)
+        self.requests.append(
+            RankRequest(
+                request_id=request_id,
+                candidates=[catalog.ids[int(i)] for i in picks],
+                events=session_events[:cut],
+                category=catalog.nodes[leaf],
+            )
+        )
+        self.utilities.append({catalog.ids[int(i)]: round(utility(int(i)), 6) for i in picks})
 
 
 class Simulator(Params):
@@ -93,22 +122,15 @@ class Simulator(Params):
         for r in range(self.requests):
             user = int(rng.integers(self.users))
             session_events, leaf = world.session(f"r{r}", user)
-            # The request sees the session up to a random cut after its first engagement (or its first search).
-            engaged = [i for i, e in enumerate(session_events) if e.action != "search"]
-            cut = engaged[int(rng.integers(len(engaged)))] + 1 if engaged else 1
-            rows = world.leaf_rows[leaf]
-            picks = rng.choice(rows, size=min(self.candidates, len(rows)), replace=False)
-            candidates = [catalog.ids[int(i)] for i in picks]
-            sim.requests.append(
-                RankRequest(
-                    request_id=f"r{r}",
-                    candidates=candidates,
-                    events=session_events[:cut],
-                    category=catalog.nodes[leaf],
-                )
-            )
-            sim.utilities.append(
-                {catalog.ids[int(i)]: round(world.utility(user, leaf, int(i)), 6) for i in picks}
+            sim.add_request(
+                rng,
+                catalog,
+                f"r{r}",
+                session_events,
+                leaf,
+                world.leaf_rows[leaf],
+                self.candidates,
+                partial(world.utility, user, leaf),
             )
         return sim
 
